@@ -1,0 +1,1 @@
+"""Protocol collectors and the shared ingestion pipeline: validate → spool → acknowledge → store."""

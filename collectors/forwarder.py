@@ -1,0 +1,115 @@
+"""Moves spooled readings into InfluxDB: batch by size and time, write, then commit the spool.
+
+The spool cursor advances only after InfluxDB took the batch (or dead-lettered bad lines), so a
+crash or an outage replays the uncommitted tail. Replays are harmless: a point is identified by
+measurement, tags and time, and InfluxDB keeps one copy of identical points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+from protocols.influx.writer import BatchWriter
+
+from collectors.metrics import Metrics
+from collectors.records import decode_record
+from collectors.spool import Spool, SpoolBatch
+
+log = logging.getLogger(__name__)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        spool: Spool,
+        writer: BatchWriter,
+        metrics: Metrics,
+        *,
+        database: str,
+        tenant_prefix: str | None,
+        batch_lines: int = 5000,
+        flush_interval_s: float = 0.5,
+        prepare_database: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.writer = writer
+        self.metrics = metrics
+        self.database = database
+        self.tenant_prefix = tenant_prefix  # None: no tenant copies
+        self.batch_lines = batch_lines
+        self.flush_interval_s = flush_interval_s
+        self.prepare_database = prepare_database
+        self._prepared: set[str] = set()
+        self._idle = asyncio.Event()
+
+    async def run(self) -> None:
+        """Forward until cancelled; a cancelled batch stays in the spool and is replayed."""
+        while True:
+            batch = await self._gather()
+            if not batch.records:
+                self._idle.set()
+                continue
+            self._idle.clear()
+            await self._write(batch)
+            await self.spool.commit(batch)
+
+    async def _gather(self) -> SpoolBatch:
+        """Up to batch_lines records, waiting at most flush_interval_s after the first arrives."""
+        first = await self.spool.read_batch(self.batch_lines, timeout=self.flush_interval_s)
+        if not first.records or len(first.records) >= self.batch_lines:
+            return first
+        records = list(first.records)
+        end = first.end
+        deadline = time.monotonic() + self.flush_interval_s
+        while len(records) < self.batch_lines:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            more = await self.spool.read_batch(self.batch_lines - len(records), timeout=remaining)
+            if more.records:
+                records.extend(more.records)
+                end = more.end
+        return SpoolBatch(records, end)
+
+    async def _write(self, batch: SpoolBatch) -> None:
+        lines: list[bytes] = []
+        by_tenant: defaultdict[str, list[bytes]] = defaultdict(list)
+        for record in batch.records:
+            tenant, line = decode_record(record)
+            lines.append(line)
+            if self.tenant_prefix is not None and tenant:
+                by_tenant[tenant].append(line)
+        await self._prepare(self.database)
+        self.metrics.ingest.stored += await self.writer.write(self.database, lines)
+        for tenant, tenant_lines in by_tenant.items():
+            db = self.tenant_prefix + tenant  # type: ignore[operator]
+            await self._prepare(db)
+            self.metrics.ingest.stored_copies += await self.writer.write(db, tenant_lines)
+
+    async def _prepare(self, database: str) -> None:
+        if self.prepare_database is None or database in self._prepared:
+            return
+        while True:
+            try:
+                await self.prepare_database(database)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # InfluxDB down at start: wait with the data in the spool
+                log.warning("cannot prepare database %s yet (%s); retrying in 2s", database, exc)
+                await asyncio.sleep(2.0)
+                continue
+            self._prepared.add(database)
+            return
+
+    async def drained(self, within_s: float) -> bool:
+        """Wait until everything spooled so far is in InfluxDB (used at shutdown and in tests)."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if self.spool.stats.depth_records == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return self.spool.stats.depth_records == 0

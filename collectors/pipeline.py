@@ -1,0 +1,129 @@
+"""The path every collector shares: identify the device, validate, spool, then acknowledge.
+
+A collector calls :meth:`Ingestor.submit` with what one message carried. Good readings are written
+to the spool in one append; the returned future resolves when they are durable, and only then may
+the collector acknowledge the device. Bad readings are refused one by one with a counted, logged
+reason, so one bad value never costs the good ones in the same message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from collectors.metrics import Metrics
+from collectors.records import encode_record
+from collectors.spool import Spool, SpoolFull
+from protocols.directory import DeviceDirectory, DeviceInfo
+from protocols.reading import Reading, ReadingValidator, Reason, Rejection
+
+log = logging.getLogger(__name__)
+
+ReadingListener = Callable[[Reading], None]
+
+
+@dataclass(slots=True)
+class Outcome:
+    accepted: int = 0
+    rejected: list[tuple[int, Rejection]] = field(default_factory=list)
+    durable: asyncio.Future[None] | None = None  # None when nothing was accepted
+
+
+class Ingestor:
+    def __init__(
+        self,
+        directory: DeviceDirectory,
+        validator: ReadingValidator,
+        spool: Spool,
+        metrics: Metrics,
+        *,
+        log_every_s: float = 60.0,
+    ) -> None:
+        self.directory = directory
+        self.validator = validator
+        self.spool = spool
+        self.metrics = metrics
+        self.listeners: list[ReadingListener] = []
+        self._log_every_s = log_every_s
+        self._last_logged: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    def identify(
+        self, protocol: str, device_id: str, tenant: str | None = None, site: str | None = None
+    ) -> DeviceInfo:
+        """The directory's entry for a device, checked against the identity the transport claims."""
+        info = self.directory.get(device_id)
+        if info is None:
+            raise Rejection(Reason.UNKNOWN_DEVICE, f"device {device_id!r} is not registered")
+        if (tenant is not None and tenant != info.tenant) or (
+            site is not None and site != info.site
+        ):
+            raise Rejection(
+                Reason.IDENTITY_MISMATCH,
+                f"device {device_id!r} is registered under {info.tenant}/{info.site}, "
+                f"not {tenant}/{site}",
+            )
+        return info
+
+    def submit(self, protocol: str, device: DeviceInfo, raw_readings: Sequence[Any]) -> Outcome:
+        """Validate and spool; raises :class:`SpoolFull` (nothing spooled) when there is no room."""
+        outcome = Outcome()
+        self.metrics.ingest.received[protocol] += len(raw_readings)
+        now_ms = int(time.time() * 1000)
+        readings: list[Reading] = []
+        records: list[bytes] = []
+        for index, raw in enumerate(raw_readings):
+            try:
+                reading = self.validator.validate(device, raw, now_ms)
+                records.append(encode_record(reading))
+            except Rejection as rejection:
+                outcome.rejected.append((index, rejection))
+                self.count_rejection(protocol, device.device, rejection)
+                continue
+            except ValueError as exc:  # the encoder refused something validation let through
+                rejection = Rejection(Reason.MALFORMED, str(exc))
+                outcome.rejected.append((index, rejection))
+                self.count_rejection(protocol, device.device, rejection)
+                continue
+            readings.append(reading)
+        if not records:
+            return outcome
+        try:
+            outcome.durable = self.spool.append(records)
+        except SpoolFull:
+            self.metrics.ingest.received[protocol] -= len(raw_readings)  # offered again later
+            raise
+        outcome.accepted = len(records)
+        self.metrics.ingest.accepted[protocol] += len(records)
+        for listener in self.listeners:
+            for reading in readings:
+                listener(reading)
+        return outcome
+
+    def count_rejection(self, protocol: str, device: str, rejection: Rejection) -> None:
+        """Count, remember for the device's onboarding check, and log (rate-limited per cause)."""
+        reason = rejection.reason.value
+        self.metrics.ingest.rejected[(protocol, reason)] += 1
+        self.metrics.ingest.recent[device].append((time.time(), reason, rejection.detail))
+        key = (device, reason)
+        now = time.monotonic()
+        last = self._last_logged.get(key)
+        if last is not None and now - last < self._log_every_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last_logged[key] = now
+        more = self._suppressed.pop(key, 0)
+        log.warning(
+            "rejected %s input from device=%s reason=%s: %s%s",
+            protocol,
+            device,
+            reason,
+            rejection.detail,
+            f" (+{more} more like it since last logged)" if more else "",
+        )
+        if len(self._last_logged) > 100_000:  # bounded memory under a storm of distinct devices
+            self._last_logged.clear()

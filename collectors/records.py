@@ -1,0 +1,16 @@
+"""What one spool record holds: the tenant (for routing a copy) and one line of line protocol."""
+
+from __future__ import annotations
+
+from protocols.reading import Reading
+
+SEPARATOR = b"\t"  # never part of a tenant id, so the first tab ends the route
+
+
+def encode_record(reading: Reading) -> bytes:
+    return reading.tenant.encode() + SEPARATOR + reading.to_line().encode()
+
+
+def decode_record(record: bytes) -> tuple[str, bytes]:
+    route, _, line = record.partition(SEPARATOR)
+    return route.decode(), line

@@ -1,0 +1,103 @@
+"""Small real-protocol helpers shared by tests: a device that publishes and remembers its acks."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+
+from protocols.directory import DeviceInfo, StaticDirectory
+from weijian.config import InfluxSettings, MetricsSettings, MqttSettings, Settings, SpoolSettings
+from weijian.stack.mosquitto import LocalMosquitto
+
+
+class Publisher:
+    """A device's MQTT connection (paho's own network thread); ``acked`` holds PUBACKed payload ids."""
+
+    def __init__(self, port: int, username: str, password: str) -> None:
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+        )
+        self.client.username_pw_set(username, password)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self._lock = threading.Lock()
+        self._mid_to_key: dict[int, Any] = {}
+        self.acked: list[Any] = []
+        self.client.on_publish = self._on_publish
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        wait_for(self.client.is_connected, 5, "publisher did not connect")
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._lock:
+            key = self._mid_to_key.pop(mid, None)
+            if key is not None:
+                self.acked.append(key)
+
+    def publish(self, topic: str, payload: bytes | dict[str, Any], key: Any = None, qos: int = 1) -> None:
+        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        with self._lock:
+            info = self.client.publish(topic, body, qos=qos)
+            if key is not None:
+                self._mid_to_key[info.mid] = key
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, message: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} (after {timeout:.0f}s)")
+        time.sleep(0.05)
+
+
+def platform_settings(
+    tmp_path: Path,
+    influx: Any,
+    broker: LocalMosquitto,
+    database: str,
+    **overrides: Any,
+) -> Settings:
+    collector = broker.ensure_account(LocalMosquitto.COLLECTOR_USER)
+    return Settings(
+        data_dir=tmp_path / "data",
+        influx=InfluxSettings(
+            url=influx.url,
+            username=influx.creds.username,
+            password=influx.creds.password,
+            database=database,
+            tenant_database_prefix=f"{database}_t_",
+        ),
+        mqtt=MqttSettings(
+            port=broker.port,
+            password=collector.password,
+            client_id=f"collector-{uuid.uuid4().hex[:8]}",
+        ),
+        spool=overrides.pop("spool", SpoolSettings()),
+        metrics=overrides.pop("metrics", MetricsSettings(port=0)),
+        **overrides,
+    )
+
+
+def register(broker: LocalMosquitto, directory: StaticDirectory, *devices: DeviceInfo) -> dict[str, str]:
+    """Put devices in the directory and give each a broker account; returns device -> password."""
+    passwords = {}
+    for d in devices:
+        directory.add(d)
+        passwords[d.device] = broker.allow_device(d.device, d.tenant, d.site).password
+    broker.reload()
+    time.sleep(0.1)  # SIGHUP is asynchronous
+    return passwords

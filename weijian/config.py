@@ -1,0 +1,173 @@
+"""Platform settings: one typed tree, read from a YAML file and ``WEIJIAN_*`` environment variables.
+
+Environment variables use ``__`` between levels, e.g. ``WEIJIAN_INFLUX__URL`` or
+``WEIJIAN_SPOOL__FSYNC=interval``. Settings are built when a command starts, never at import.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin"}
+
+
+class FsyncPolicy(StrEnum):
+    """When a spooled reading counts as durable (and may be acknowledged to its device)."""
+
+    ALWAYS = "always"  # fsync (group commit) before acknowledging: survives power loss
+    INTERVAL = "interval"  # write() before acknowledging, fsync every interval: survives a crash
+    NEVER = "never"  # leave it to the OS: survives a process crash only
+
+
+class FullPolicy(StrEnum):
+    """What the spool does when it reaches ``max_bytes``."""
+
+    BLOCK = "block"  # refuse new readings (devices are not acknowledged and retry): no loss
+    DROP_OLDEST = "drop_oldest"  # delete the oldest unsent segment, count what it held
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InfluxSettings(_Section):
+    url: str = "http://127.0.0.1:8086"
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(
+        default=None, description="InfluxDB 2.x/3.x API token (sent as 'Authorization: Token')."
+    )
+    database: str = "weijian"
+    tenant_databases: bool = Field(
+        default=True, description="Also write each reading to its tenant's own database."
+    )
+    tenant_database_prefix: str = "weijian_t_"
+    manage_schema: bool = Field(
+        default=True, description="Create databases, retention policies and rollups on start."
+    )
+    raw_retention: str = "180d"
+    rollup_5m_retention: str = "730d"
+    rollup_1h_retention: str = "1825d"
+    timeout_s: float = 10.0
+
+
+class MqttSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = "weijian-collector"
+    password: SecretStr | None = None
+    client_id: str = "weijian-collector"
+    topic_prefix: str = "weijian/v1"
+    share_group: str | None = Field(
+        default=None, description="MQTT shared-subscription group, to spread load over instances."
+    )
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    session_expiry_s: int = 7 * 24 * 3600
+    max_payload_bytes: int = 256 * 1024
+    keepalive_s: int = 30
+
+
+class SpoolSettings(_Section):
+    directory: Path | None = Field(default=None, description="Default: <data_dir>/spool.")
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
+    fsync_interval_s: float = 0.2
+    max_bytes: int = 1 << 30
+    segment_bytes: int = 16 << 20
+    full_policy: FullPolicy = FullPolicy.BLOCK
+
+
+class WriterSettings(_Section):
+    batch_lines: int = Field(default=5000, ge=1)
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+
+
+class ValidationSettings(_Section):
+    max_past_s: float = Field(default=30 * 86400, description="Oldest timestamp accepted.")
+    max_future_s: float = Field(default=300, description="Tolerated device clock lead.")
+
+
+class MetricsSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, description="0 disables the Prometheus endpoint.")
+    log_interval_s: float = 60.0
+
+
+class Settings(BaseSettings):
+    """Everything a Weijian process needs; the defaults are the embedded single-machine setup."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WEIJIAN_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    environment: str = Field(
+        default="development", description="'production' refuses weak secrets."
+    )
+    data_dir: Path = Path(".weijian")
+    devices_file: Path | None = Field(
+        default=None, description="Device directory (YAML). Default: <data_dir>/devices.yaml."
+    )
+    influx: InfluxSettings = InfluxSettings()
+    mqtt: MqttSettings = MqttSettings()
+    spool: SpoolSettings = SpoolSettings()
+    writer: WriterSettings = WriterSettings()
+    validation: ValidationSettings = ValidationSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_production(self) -> Settings:
+        if self.environment != "production":
+            return self
+        for name, secret in (
+            ("influx.password", self.influx.password),
+            ("influx.token", self.influx.token),
+            ("mqtt.password", self.mqtt.password),
+        ):
+            if secret is None:
+                continue
+            value = secret.get_secret_value().lower()
+            if value in PLACEHOLDER_SECRETS or value.startswith("please-change-me"):
+                raise ValueError(f"{name} is a placeholder; set a real secret in production")
+        return self
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool.directory or self.data_dir / "spool"
+
+    @property
+    def devices_path(self) -> Path:
+        return self.devices_file or self.data_dir / "devices.yaml"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Explicit arguments (e.g. from a YAML file) win over the environment.
+        return (init_settings, env_settings, file_secret_settings)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from an optional YAML file, the environment and explicit overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read settings: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: settings must be a mapping, got {type(loaded).__name__}")
+        data.update(loaded)
+    data.update(overrides)
+    return Settings(**data)

@@ -1,0 +1,139 @@
+"""The platform in one process: spool, InfluxDB forwarder, collectors and self-metrics.
+
+``Platform`` is an async context manager; entering it starts every service, leaving it stops them
+in the reverse order, letting acknowledged readings reach the spool first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from protocols.influx.client import InfluxClient
+from protocols.influx.schema import ensure_schema
+from protocols.influx.writer import BatchWriter, FileDeadLetter
+
+from collectors.forwarder import Forwarder
+from collectors.metrics import Metrics
+from collectors.mqtt import MqttCollector
+from collectors.pipeline import Ingestor
+from collectors.spool import Spool
+from protocols.catalog import default_catalog
+from protocols.directory import DeviceDirectory, StaticDirectory
+from protocols.reading import ReadingValidator
+from weijian.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Platform:
+    def __init__(self, settings: Settings, directory: DeviceDirectory | None = None) -> None:
+        self.settings = settings
+        self.directory = directory or StaticDirectory(path=settings.devices_path)
+        self.metrics = Metrics()
+        self.metrics_port: int | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.influx: InfluxClient | None = None
+        self.spool: Spool | None = None
+        self.forwarder: Forwarder | None = None
+        self.ingestor: Ingestor | None = None
+        self.mqtt: MqttCollector | None = None
+
+    async def __aenter__(self) -> Platform:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.influx = await self._stack.enter_async_context(
+                InfluxClient.from_settings(s.influx)
+            )
+            self.spool = await self._stack.enter_async_context(
+                Spool.from_settings(s.spool_dir, s.spool)
+            )
+            self.metrics.attach("spool", self.spool.stats)
+            writer = BatchWriter(
+                self.influx,
+                dead_letter=FileDeadLetter(Path(s.data_dir) / "dead-letter.jsonl"),
+                backoff_base=s.writer.backoff_base_s,
+                backoff_cap=s.writer.backoff_cap_s,
+                on_write=self.metrics.observe_write,
+            )
+            self.metrics.attach("writer", writer.stats)
+            self.forwarder = Forwarder(
+                self.spool,
+                writer,
+                self.metrics,
+                database=s.influx.database,
+                tenant_prefix=s.influx.tenant_database_prefix
+                if s.influx.tenant_databases
+                else None,
+                batch_lines=s.writer.batch_lines,
+                flush_interval_s=s.writer.flush_interval_s,
+                prepare_database=self._prepare_database if s.influx.manage_schema else None,
+            )
+            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
+            validator = ReadingValidator(
+                default_catalog(),
+                max_past_s=s.validation.max_past_s,
+                max_future_s=s.validation.max_future_s,
+            )
+            self.ingestor = Ingestor(self.directory, validator, self.spool, self.metrics)
+            self.mqtt = await self._stack.enter_async_context(MqttCollector(s.mqtt, self.ingestor))
+            if s.metrics.port:
+                self.metrics_port = self.metrics.serve(s.metrics.host, s.metrics.port)
+                log.info("metrics at http://%s:%s/metrics", s.metrics.host, self.metrics_port)
+            self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        # Collectors first (acks for what is spooled), then give the forwarder a moment to drain.
+        if self.mqtt is not None:
+            with contextlib.suppress(Exception):
+                await self.mqtt.__aexit__(None, None, None)
+            self.mqtt = None
+        if self.forwarder is not None and self.spool is not None and self._tasks:
+            await self.forwarder.drained(3.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self.metrics.close()
+        await self._stack.aclose()
+
+    async def _prepare_database(self, database: str) -> None:
+        assert self.influx is not None
+        i = self.settings.influx
+        await ensure_schema(
+            self.influx,
+            database,
+            raw_retention=i.raw_retention,
+            rollup_5m_retention=i.rollup_5m_retention,
+            rollup_1h_retention=i.rollup_1h_retention,
+        )
+
+    async def _housekeeping(self) -> None:
+        """Pick up device-directory edits and log a summary line now and then."""
+        interval = self.settings.metrics.log_interval_s
+        elapsed = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            elapsed += 1.0
+            refresh = getattr(self.directory, "refresh", None)
+            if refresh is not None:
+                try:
+                    refresh()
+                except (OSError, ValueError) as exc:
+                    log.error("device directory not reloaded: %s", exc)
+            if elapsed >= interval:
+                elapsed = 0.0
+                self.metrics.log_summary()
