@@ -54,23 +54,39 @@ def reading(device_index: int, i: int, base: float) -> dict:
     v = float(i)
     return {
         "ts": round(base + i * 0.001, 3),
-        "fields": {"co2_ppm": 400.0 + (v % 1000), "pm25_ug_m3": 10.0 + (v % 50), "pm10_ug_m3": 20.0,
-                   "hcho_mg_m3": 0.03, "temperature_c": 21.5, "humidity_pct": 45.0 + device_index % 10},
+        "fields": {
+            "co2_ppm": 400.0 + (v % 1000),
+            "pm25_ug_m3": 10.0 + (v % 50),
+            "pm10_ug_m3": 20.0,
+            "hcho_mg_m3": 0.03,
+            "temperature_c": 21.5,
+            "humidity_pct": 45.0 + device_index % 10,
+        },
     }
 
 
-def _publish_worker(port: int, devices: list[tuple[str, str, str, str]], per_device: int,
-                    batch: int, base: float, done: mp.Queue) -> None:  # type: ignore[type-arg]
+def _publish_worker(
+    port: int,
+    devices: list[tuple[str, str, str, str]],
+    per_device: int,
+    batch: int,
+    base: float,
+    done: mp.Queue,
+) -> None:  # type: ignore[type-arg]
     """One process publishing for a slice of devices, each with its own authenticated connection."""
     clients = []
     for name, password, tenant, site in devices:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{name}", protocol=mqtt.MQTTv5)
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{name}", protocol=mqtt.MQTTv5
+        )
         c.username_pw_set(name, password)
         c.max_inflight_messages_set(200)
         c.max_queued_messages_set(0)
         c.connect("127.0.0.1", port)
         c.loop_start()
-        clients.append((c, f"{PREFIX}/{tenant}/{site}/{name}/telemetry", int(name.rsplit("-", 1)[1])))
+        clients.append(
+            (c, f"{PREFIX}/{tenant}/{site}/{name}/telemetry", int(name.rsplit("-", 1)[1]))
+        )
     infos = []
     for k in range(per_device):
         for c, topic, idx in clients:
@@ -89,13 +105,22 @@ def _publish_worker(port: int, devices: list[tuple[str, str, str, str]], per_dev
     done.put(len(infos))
 
 
-def preload(port: int, accounts: list[tuple[str, str, str, str]], messages: int, batch: int,
-            base: float, procs: int = 2) -> float:
+def preload(
+    port: int,
+    accounts: list[tuple[str, str, str, str]],
+    messages: int,
+    batch: int,
+    base: float,
+    procs: int = 2,
+) -> float:
     per_device = messages // len(accounts)
     q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     slices = [accounts[i::procs] for i in range(procs)]
     t0 = time.perf_counter()
-    ps = [mp.Process(target=_publish_worker, args=(port, s, per_device, batch, base, q)) for s in slices]
+    ps = [
+        mp.Process(target=_publish_worker, args=(port, s, per_device, batch, base, q))
+        for s in slices
+    ]
     for p in ps:
         p.start()
     sent = sum(q.get(timeout=600) for _ in ps)
@@ -105,8 +130,9 @@ def preload(port: int, accounts: list[tuple[str, str, str, str]], messages: int,
     return time.perf_counter() - t0
 
 
-def bare_subscriber(port: int, user: str, password: str, expected: int, client_id: str,
-                    subscribe_only: bool = False) -> tuple[float, float]:
+def bare_subscriber(
+    port: int, user: str, password: str, expected: int, client_id: str, subscribe_only: bool = False
+) -> tuple[float, float]:
     """Count messages with paho's own loop; returns (seconds, cpu seconds)."""
     got = 0
     first = 0.0
@@ -133,7 +159,6 @@ def bare_subscriber(port: int, user: str, password: str, expected: int, client_i
     subscribed = threading.Event()
     c.on_subscribe = lambda *a: subscribed.set()
     cpu0 = time.process_time()
-    t0 = time.perf_counter()
     c.connect("127.0.0.1", port, clean_start=False, properties=props)
     c.loop_start()
     if subscribe_only:
@@ -152,8 +177,11 @@ def bare_subscriber(port: int, user: str, password: str, expected: int, client_i
 
 def influx_query(url: str, user: str, password: str, q: str, db: str) -> dict:
     data = urllib.parse.urlencode({"q": q, "db": db}).encode()
-    req = urllib.request.Request(f"{url}/query", data=data, headers={
-        "Authorization": "Basic " + b64encode(f"{user}:{password}".encode()).decode()})
+    req = urllib.request.Request(
+        f"{url}/query",
+        data=data,
+        headers={"Authorization": "Basic " + b64encode(f"{user}:{password}".encode()).decode()},
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
 
@@ -175,13 +203,18 @@ def metric(port: int, name: str) -> float:
     return -1.0
 
 
-def run_platform(env: dict[str, str], metrics_port: int, expected: int, log: Path,
-                 subscribe_only: bool = False) -> tuple[float, float, float]:
+def run_platform(
+    env: dict[str, str], metrics_port: int, expected: int, log: Path, subscribe_only: bool = False
+) -> tuple[float, float, float]:
     """Start `weijian serve`; returns (seconds until all stored, cpu seconds, peak RSS MiB)."""
     t0 = time.perf_counter()
     with open(log, "ab") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "weijian.cli", "serve"], env=env,
-                                stdout=logf, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "weijian.cli", "serve"],
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
     ps = psutil.Process(proc.pid)
     peak = 0
     try:
@@ -190,7 +223,9 @@ def run_platform(env: dict[str, str], metrics_port: int, expected: int, log: Pat
                 raise RuntimeError(f"platform exited; see {log}")
             time.sleep(0.01)
         t0 = time.perf_counter()
-        while metric(metrics_port, "weijian_readings_stored_total") < (0 if subscribe_only else expected):
+        while metric(metrics_port, "weijian_readings_stored_total") < (
+            0 if subscribe_only else expected
+        ):
             if proc.poll() is not None:
                 raise RuntimeError(f"platform exited; see {log}")
             peak = max(peak, ps.memory_info().rss)
@@ -211,16 +246,19 @@ def raw_influx_rate(url: str, user: str, password: str, db: str, lines: list[byt
     auth = "Basic " + b64encode(f"{user}:{password}".encode()).decode()
     t0 = time.perf_counter()
     for i in range(0, len(lines), 5000):
-        body = b"\n".join(lines[i:i + 5000])
-        req = urllib.request.Request(f"{url}/write?db={db}&precision=ms", data=body,
-                                     headers={"Authorization": auth})
+        body = b"\n".join(lines[i : i + 5000])
+        req = urllib.request.Request(
+            f"{url}/write?db={db}&precision=ms", data=body, headers={"Authorization": auth}
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             assert r.status == 204
     return len(lines) / (time.perf_counter() - t0)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--devices", type=int, default=100)
     ap.add_argument("--messages", type=int, default=30000, help="single-reading messages")
     ap.add_argument("--batch-messages", type=int, default=2000)
@@ -235,70 +273,119 @@ def main() -> None:
     creds = influx.start()
     broker = LocalMosquitto(work / "mqtt")
     tenants = [f"bench-t{i}" for i in range(4)]
-    devices = [DeviceInfo(f"bench-dev-{i:05d}", tenants[i % 4], f"site-{i % 20}", "air_monitor", "110105")
-               for i in range(args.devices)]
+    devices = [
+        DeviceInfo(f"bench-dev-{i:05d}", tenants[i % 4], f"site-{i % 20}", "air_monitor", "110105")
+        for i in range(args.devices)
+    ]
     accounts = []
     for d in devices:
         acc = broker.allow_device(d.device, d.tenant, d.site)
         accounts.append((d.device, acc.password, d.tenant, d.site))
     broker.start()
     collector = broker.ensure_account(LocalMosquitto.COLLECTOR_USER)
-    print(f"# {args.devices} devices, fsync={args.fsync}, tenant copies {args.tenant_copies}; "
-          f"InfluxDB {creds.url}, Mosquitto :{broker.port}; {os.cpu_count()} cores")
+    print(
+        f"# {args.devices} devices, fsync={args.fsync}, tenant copies {args.tenant_copies}; "
+        f"InfluxDB {creds.url}, Mosquitto :{broker.port}; {os.cpu_count()} cores"
+    )
     results = {}
     try:
-        for mode, messages, batch in (("single", args.messages, 1),
-                                      ("batched", args.batch_messages, args.batch_size)):
+        for mode, messages, batch in (
+            ("single", args.messages, 1),
+            ("batched", args.batch_messages, args.batch_size),
+        ):
             readings = messages * batch
             db = f"bench_{mode}"
             data_dir = work / f"data-{mode}"
             data_dir.mkdir()
             StaticDirectory(devices).save(data_dir / "devices.yaml")
             metrics_port = free_port()
-            env = {**os.environ, "WEIJIAN_DATA_DIR": str(data_dir), "WEIJIAN_INFLUX__URL": creds.url,
-                   "WEIJIAN_INFLUX__USERNAME": creds.username, "WEIJIAN_INFLUX__PASSWORD": creds.password,
-                   "WEIJIAN_INFLUX__DATABASE": db, "WEIJIAN_INFLUX__TENANT_DATABASE_PREFIX": f"{db}_t_",
-                   "WEIJIAN_INFLUX__TENANT_DATABASES": "true" if args.tenant_copies == "on" else "false",
-                   "WEIJIAN_MQTT__PORT": str(broker.port), "WEIJIAN_MQTT__PASSWORD": collector.password,
-                   "WEIJIAN_MQTT__CLIENT_ID": f"bench-platform-{mode}", "WEIJIAN_SPOOL__FSYNC": args.fsync,
-                   "WEIJIAN_METRICS__PORT": str(metrics_port), "WEIJIAN_METRICS__LOG_INTERVAL_S": "5",
-                   "PYTHONPATH": str(ROOT)}
+            env = {
+                **os.environ,
+                "WEIJIAN_DATA_DIR": str(data_dir),
+                "WEIJIAN_INFLUX__URL": creds.url,
+                "WEIJIAN_INFLUX__USERNAME": creds.username,
+                "WEIJIAN_INFLUX__PASSWORD": creds.password,
+                "WEIJIAN_INFLUX__DATABASE": db,
+                "WEIJIAN_INFLUX__TENANT_DATABASE_PREFIX": f"{db}_t_",
+                "WEIJIAN_INFLUX__TENANT_DATABASES": "true"
+                if args.tenant_copies == "on"
+                else "false",
+                "WEIJIAN_MQTT__PORT": str(broker.port),
+                "WEIJIAN_MQTT__PASSWORD": collector.password,
+                "WEIJIAN_MQTT__CLIENT_ID": f"bench-platform-{mode}",
+                "WEIJIAN_SPOOL__FSYNC": args.fsync,
+                "WEIJIAN_METRICS__PORT": str(metrics_port),
+                "WEIJIAN_METRICS__LOG_INTERVAL_S": "5",
+                "PYTHONPATH": str(ROOT),
+            }
             bare_id = f"bench-bare-{mode}-{uuid.uuid4().hex[:4]}"
             # Register both consumers' sessions, then let devices publish while they are away.
-            bare_subscriber(broker.port, collector.username, collector.password, 0, bare_id, subscribe_only=True)
+            bare_subscriber(
+                broker.port, collector.username, collector.password, 0, bare_id, subscribe_only=True
+            )
             run_platform(env, metrics_port, 0, work / f"platform-{mode}.log", subscribe_only=True)
             base = time.time() - 3600 * (2 if mode == "single" else 1)
             pre = preload(broker.port, accounts, messages, batch, base)
-            print(f"\n## {mode}: {messages} messages × {batch} reading(s) = {readings} readings "
-                  f"(published in {pre:.1f} s)")
-            bare_s, bare_cpu = bare_subscriber(broker.port, collector.username, collector.password,
-                                               messages, bare_id)
-            plat_s, plat_cpu, plat_rss = run_platform(env, metrics_port, readings,
-                                                      work / f"platform-{mode}.log")
+            print(
+                f"\n## {mode}: {messages} messages × {batch} reading(s) = {readings} readings "
+                f"(published in {pre:.1f} s)"
+            )
+            bare_s, bare_cpu = bare_subscriber(
+                broker.port, collector.username, collector.password, messages, bare_id
+            )
+            plat_s, plat_cpu, plat_rss = run_platform(
+                env, metrics_port, readings, work / f"platform-{mode}.log"
+            )
             stored = count_points(creds.url, creds.username, creds.password, db)
             lines = []
-            for d_i, d in enumerate(devices):
+            for d in devices:
                 for k in range(readings // len(devices)):
                     r = reading(int(d.device.rsplit("-", 1)[1]), k, base)
-                    lines.append(encode_line("air_monitor", {"tenant": d.tenant, "site": d.site,
-                                 "device": d.device, "region": d.region}, r["fields"],
-                                 int(r["ts"] * 1000)).encode())
+                    lines.append(
+                        encode_line(
+                            "air_monitor",
+                            {
+                                "tenant": d.tenant,
+                                "site": d.site,
+                                "device": d.device,
+                                "region": d.region,
+                            },
+                            r["fields"],
+                            int(r["ts"] * 1000),
+                        ).encode()
+                    )
             raw_db = f"raw_{mode}"
-            influx_query(creds.url, creds.username, creds.password, f'CREATE DATABASE "{raw_db}"', raw_db)
+            influx_query(
+                creds.url, creds.username, creds.password, f'CREATE DATABASE "{raw_db}"', raw_db
+            )
             raw_rate = raw_influx_rate(creds.url, creds.username, creds.password, raw_db, lines)
             bare_rate = messages * batch / bare_s
             plat_rate = readings / plat_s
             loss = readings - stored
-            print(f"bare paho subscriber : {messages / bare_s:10,.0f} msg/s  ({bare_rate:,.0f} readings/s), "
-                  f"CPU {bare_cpu / bare_s:.0%}")
-            print(f"platform (stored)    : {plat_rate:10,.0f} readings/s, CPU {plat_cpu / plat_s:.0%} "
-                  f"of a core, peak RSS {plat_rss:.0f} MiB, stored {stored}/{readings} (loss {loss})")
-            print(f"raw InfluxDB /write  : {raw_rate:10,.0f} points/s (5,000-line batches, one writer)")
+            print(
+                f"bare paho subscriber : {messages / bare_s:10,.0f} msg/s "
+                f"({bare_rate:,.0f} readings/s), "
+                f"CPU {bare_cpu / bare_s:.0%}"
+            )
+            print(
+                f"platform (stored)    : {plat_rate:10,.0f} readings/s, "
+                f"CPU {plat_cpu / plat_s:.0%} "
+                f"of a core, peak RSS {plat_rss:.0f} MiB, stored {stored}/{readings} (loss {loss})"
+            )
+            print(
+                f"raw InfluxDB /write  : {raw_rate:10,.0f} points/s "
+                "(5,000-line batches, one writer)"
+            )
             print(f"ratio platform/bare  : {plat_rate / bare_rate:.2f}")
             print(f"ratio platform/raw   : {plat_rate / raw_rate:.2f}")
-            results[mode] = {"bare_readings_s": bare_rate, "platform_readings_s": plat_rate,
-                             "raw_points_s": raw_rate, "loss": loss, "platform_cpu": plat_cpu / plat_s,
-                             "platform_peak_rss_mib": plat_rss}
+            results[mode] = {
+                "bare_readings_s": bare_rate,
+                "platform_readings_s": plat_rate,
+                "raw_points_s": raw_rate,
+                "loss": loss,
+                "platform_cpu": plat_cpu / plat_s,
+                "platform_peak_rss_mib": plat_rss,
+            }
         print("\n" + json.dumps(results, indent=1))
     finally:
         broker.stop()

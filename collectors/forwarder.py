@@ -13,11 +13,11 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
-from protocols.influx.writer import BatchWriter
-
 from collectors.metrics import Metrics
 from collectors.records import decode_record
 from collectors.spool import Spool, SpoolBatch
+from protocols.influx.backoff import backoff_delay
+from protocols.influx.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Forwarder:
         self.flush_interval_s = flush_interval_s
         self.prepare_database = prepare_database
         self._prepared: set[str] = set()
+        self.prepare_retries = 0
         self._idle = asyncio.Event()
 
     async def run(self) -> None:
@@ -93,14 +94,25 @@ class Forwarder:
     async def _prepare(self, database: str) -> None:
         if self.prepare_database is None or database in self._prepared:
             return
+        attempt = 0
         while True:
             try:
                 await self.prepare_database(database)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # InfluxDB down at start: wait with the data in the spool
-                log.warning("cannot prepare database %s yet (%s); retrying in 2s", database, exc)
-                await asyncio.sleep(2.0)
+            except Exception as exc:  # InfluxDB down: wait, with the data safe in the spool
+                attempt += 1
+                self.prepare_retries += 1
+                delay = backoff_delay(attempt, base=0.5, cap=30.0)
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning(
+                        "cannot prepare database %s yet (%s); retry %d in %.1fs",
+                        database,
+                        exc,
+                        attempt,
+                        delay,
+                    )
+                await asyncio.sleep(delay)
                 continue
             self._prepared.add(database)
             return

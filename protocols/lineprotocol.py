@@ -20,13 +20,15 @@ reference; where influxdb-client's ``Point`` differs, the server decided.
   cannot end with the backslash character, even if it is escaped" -- 1.x reference). ``Point``
   appends a space to such a tag value, which the server then stores as a *different* value
   (``"a\\\\"`` becomes ``"a "``); we refuse instead.
-* In a measurement or field key, a backslash directly before a character that must be escaped
-  there cannot be represented (1.x garbles the measurement and rejects the field key), so it is
-  refused. Tag keys and values can carry it: 1.x treats the character after any backslash as
+* In a measurement or field key, a backslash directly before ``,`` ``=`` space or ``"`` cannot
+  be represented: 1.x unescapes all four there (even ``\\=`` and ``\\"``, which are never
+  escaped), so the backslash is lost, or the point becomes unqueryable, or the line is refused.
+  Refused. Tag keys and values can carry it: 1.x treats the character after any backslash as
   escaped and unescapes only ``\\,`` ``\\=`` ``\\ ``, so ``a\\,b`` is written ``a\\\\,b``.
 * 1.x strips leading tabs and NUL bytes from the measurement and field keys, and treats a line
   starting with ``#`` as a comment (HTTP 204, nothing stored!): refused. ``time`` is refused as
-  a tag or field key (the server drops such a point with "partial write").
+  a tag or field key: 1.x drops a point with a ``time`` tag ("partial write"), and silently
+  drops a ``time`` field from a point that has other fields (HTTP 204).
 * Tags are sorted by key (InfluxDB's preferred order); empty tag values are omitted. Fields keep
   the caller's order. Floats use ``repr`` (shortest round-trip) and keep an integral float's
   ``.0`` (``Point`` trims it; both parse as float, ours is unambiguous to a reader). Ints get the
@@ -81,9 +83,13 @@ def _check_name(s: str, what: str) -> None:
     if not s:
         raise ValueError(f"{what} is empty")
     if "\n" in s or "\r" in s:
-        raise ValueError(f"{what} {s[:64]!r} contains a line break, which line protocol cannot carry")
+        raise ValueError(
+            f"{what} {s[:64]!r} contains a line break, which line protocol cannot carry"
+        )
     if s[-1] == "\\":
-        raise ValueError(f"{what} {s[:64]!r} ends with a backslash, which line protocol cannot carry")
+        raise ValueError(
+            f"{what} {s[:64]!r} ends with a backslash, which line protocol cannot carry"
+        )
 
 
 def _check_no_escaped_specials(s: str, what: str, specials: str) -> None:
@@ -104,7 +110,7 @@ def escape_measurement(s: str) -> str:
     _check_name(s, "measurement")
     if s[0] in "#\t\0":
         raise ValueError(f"measurement {s[:64]!r} starts with {s[0]!r}, which InfluxDB drops")
-    _check_no_escaped_specials(s, "measurement", ", ")
+    _check_no_escaped_specials(s, "measurement", ',= "')
     return _remember(_measurements, s, s.translate(_MEASUREMENT_ESCAPES))
 
 
@@ -141,7 +147,7 @@ def _escape_field_key(s: str) -> str:
         raise ValueError("'time' cannot be a field key")
     if s[0] in "\t\0":
         raise ValueError(f"field key {s[:64]!r} starts with {s[0]!r}, which InfluxDB strips")
-    _check_no_escaped_specials(s, "field key", ",= ")
+    _check_no_escaped_specials(s, "field key", ',= "')
     return _remember(_field_keys, s, s.translate(_KEY_ESCAPES))
 
 

@@ -185,6 +185,22 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Client(mqtt.Client):
+    """A paho client that uses a TCP connection opened for it (see ``_open_connection``).
+
+    Overrides paho's private ``_create_socket_connection`` (present throughout paho 2.x; the
+    dependency is pinned below 3): the one hook where paho creates its socket.
+    """
+
+    preconnected: socket.socket | None = None
+
+    def _create_socket_connection(self) -> socket.socket:
+        sock, self.preconnected = self.preconnected, None
+        if sock is None:
+            raise ConnectionError("the fleet opens connections; paho must not connect by itself")
+        return sock
+
+
 class _DeviceRunner:
     """One device's paho client, schedule and counters; all callbacks run on the event loop."""
 
@@ -196,6 +212,7 @@ class _DeviceRunner:
         self.connected = False
         self.finished = False
         self.sock: socket.socket | None = None
+        self._watching_write = False
         self._seq = 0
         self._messages = 0
         self._batch: list[dict[str, Any]] = []
@@ -205,11 +222,10 @@ class _DeviceRunner:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._connect_handle: asyncio.TimerHandle | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=spec.device,
-                             protocol=mqtt.MQTTv5)
+        self.connect_task: asyncio.Task[None] | None = None
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=spec.device, protocol=mqtt.MQTTv5)
         client.username_pw_set(spec.username, spec.password)
         client.max_queued_messages_set(fleet.offline_queue)
-        client.connect_timeout = fleet.connect_timeout_s
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -230,14 +246,29 @@ class _DeviceRunner:
     def _on_socket_close(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         self.fleet.loop.remove_reader(sock)
         self.fleet.loop.remove_writer(sock)
+        self._watching_write = False
         self.sock = None
         self.fleet._sockets_changed(-1)
 
-    def _on_socket_register_write(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        self.fleet.loop.add_writer(sock, client.loop_write)
+    def _on_socket_register_write(self, _client: mqtt.Client, _userdata: Any, _sock: Any) -> None:
+        # Where paho's example watches the socket for writability at once (two epoll_ctl calls
+        # and one more loop wake-up per message), write directly at the end of this loop
+        # iteration instead, and watch the socket only while the kernel's buffer is full.
+        self.fleet._write_soon(self)
+
+    def flush(self) -> None:
+        """Write what paho has queued; called once per loop iteration by the fleet."""
+        if self.sock is None:
+            return
+        self.client.loop_write()
+        if self.sock is not None and self.client.want_write() and not self._watching_write:
+            self._watching_write = True
+            self.fleet.loop.add_writer(self.sock, self.client.loop_write)
 
     def _on_socket_unregister_write(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        self.fleet.loop.remove_writer(sock)
+        if self._watching_write:
+            self._watching_write = False
+            self.fleet.loop.remove_writer(sock)
 
     # ---- connection ----------------------------------------------------------------------------
 
@@ -249,25 +280,51 @@ class _DeviceRunner:
 
     def _connect(self) -> None:
         self._connect_handle = None
-        if self.fleet.stopping:
-            return
+        if not self.fleet.stopping:
+            self.connect_task = self.fleet.loop.create_task(self._open_connection())
+
+    async def _open_connection(self) -> None:
+        """TCP-connect without blocking the loop, then let paho speak MQTT over the socket.
+
+        paho's own connect is a blocking ``socket.create_connection``: one RTT per device, and a
+        whole second whenever the broker's accept queue overflows in a connect storm and the SYN
+        is dropped, which would stall every other device of the fleet.
+        """
+        fleet = self.fleet
+        family, address = fleet.address
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
         try:
-            # Blocking TCP connect (bounded by connect_timeout); immediate on loopback.
-            self.client.reconnect()
-        except OSError as exc:
+            async with asyncio.timeout(fleet.connect_timeout_s):
+                await fleet.loop.sock_connect(sock, address)
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            self.connect_task = None
             self.stats.connect_errors += 1
-            log.debug("%s: connect to %s:%s failed: %s", self.spec.device, self.fleet.host,
-                      self.fleet.port, exc)
+            log.debug("%s: connect to %s:%s failed: %r", self.spec.device, fleet.host, fleet.port,
+                      exc)
             self._schedule_reconnect()
             return
-        self._timeout_handle = self.fleet.loop.call_later(
-            self.fleet.connect_timeout_s, self._connack_timed_out)
+        except BaseException:  # cancelled by stop()
+            sock.close()
+            raise
+        self.connect_task = None
+        self.client.preconnected = sock
+        try:
+            self.client.reconnect()  # paho takes the socket over and sends CONNECT on it
+        except OSError as exc:
+            self.stats.connect_errors += 1
+            log.info("%s: could not send CONNECT: %r", self.spec.device, exc)
+            self._schedule_reconnect()
+            return
+        self._timeout_handle = fleet.loop.call_later(fleet.connect_timeout_s,
+                                                     self._connack_timed_out)
 
     def _connack_timed_out(self) -> None:
         self._timeout_handle = None
         if not self.connected:
-            log.warning("%s: no CONNACK within %.1f s", self.spec.device,
-                        self.fleet.connect_timeout_s)
+            self.stats.connect_errors += 1
+            log.info("%s: no CONNACK within %.1f s", self.spec.device, self.fleet.connect_timeout_s)
             self.client.disconnect()  # closes the socket once written; on_disconnect retries
 
     def _schedule_reconnect(self) -> None:
@@ -297,9 +354,9 @@ class _DeviceRunner:
                        reason: ReasonCode, _properties: Any) -> None:
         if self.connected:
             self.connected = False
-            self.stats.disconnects += 1
             self.fleet._connected_changed(-1)
             if not self.fleet.stopping:
+                self.stats.disconnects += 1
                 log.info("%s: disconnected (%s); reconnecting", self.spec.device, reason)
         self._schedule_reconnect()
 
@@ -440,11 +497,14 @@ class MqttFleet:
         self.stopping = False
         self._runners: list[_DeviceRunner] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.address: tuple[socket.AddressFamily, Any] = (socket.AF_INET, (host, port))
         self._misc_task: asyncio.Task[None] | None = None
         self._totals = [0, 0, 0]  # published, acked, failed: O(1) "all settled?" checks
         self._finished = 0
         self._connected = 0
         self._open_sockets = 0
+        self._pending_writes: list[_DeviceRunner] = []
+        self._flush_scheduled = False
         self._settled = asyncio.Event()
         self._drained = asyncio.Event()
         self._all_connected = asyncio.Event()
@@ -472,6 +532,10 @@ class MqttFleet:
         if self._loop is not None:
             raise RuntimeError("a fleet starts once")
         self._loop = asyncio.get_running_loop()
+        # Resolved once for the whole fleet, synchronously: loop.getaddrinfo would start the
+        # loop's executor thread, and a numeric address (the usual case) resolves instantly.
+        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        self.address = (infos[0][0], infos[0][4])
         self._t0, self._cpu0 = self._loop.time(), time.process_time()
         self._runners = [_DeviceRunner(self, d) for d in self.devices]
         for runner in self._runners:
@@ -499,6 +563,18 @@ class MqttFleet:
         if self.max_messages is None:
             raise RuntimeError("wait_finished() needs max_messages")
         await self._settled.wait()
+
+    def _write_soon(self, runner: _DeviceRunner) -> None:
+        self._pending_writes.append(runner)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_writes)
+
+    def _flush_writes(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending_writes = self._pending_writes, []
+        for runner in pending:
+            runner.flush()
 
     def _connected_changed(self, delta: int) -> None:
         self._connected += delta
@@ -532,6 +608,10 @@ class MqttFleet:
         self.stopping = True
         for runner in self._runners:
             runner.stop_schedule()
+        connecting = [r.connect_task for r in self._runners if r.connect_task is not None]
+        for task in connecting:
+            task.cancel()
+        await asyncio.gather(*connecting, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.drain_timeout_s):
                 await self._drained.wait()

@@ -147,7 +147,7 @@ class Scenario(_Frozen):
                     loc = ".".join(str(p) for p in err["loc"])
                     problems.append(f"{where}.params.{loc}: {err['msg']}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
     def site(self, site_id: str) -> SiteConfig:
@@ -181,9 +181,11 @@ def load_scenario(source: str | Path) -> Scenario:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(scenario)"
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {loc}: {msg}")
+            if err["loc"]:
+                lines.append(f"  {'.'.join(str(p) for p in err['loc'])}: {msg}")
+            else:  # cross-reference problems locate themselves, one per line
+                lines.extend(f"  {line}" for line in msg.splitlines())
         raise ScenarioError(f"{path}: invalid scenario:\n" + "\n".join(lines)) from exc
 
 

@@ -18,17 +18,20 @@ from weijian.stack.mosquitto import LocalMosquitto
 
 
 class Publisher:
-    """A device's MQTT connection (paho's own network thread); ``acked`` holds PUBACKed payload ids."""
+    """A device's MQTT connection on paho's own thread; ``acked`` holds the PUBACKed keys."""
 
     def __init__(self, port: int, username: str, password: str) -> None:
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"pub-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
         )
         self.client.username_pw_set(username, password)
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self._lock = threading.Lock()
         self._mid_to_key: dict[int, Any] = {}
+        self._early: set[int] = set()  # PUBACKs that arrived before publish() returned the mid
         self.acked: list[Any] = []
         self.client.on_publish = self._on_publish
         self.client.connect("127.0.0.1", port)
@@ -36,16 +39,25 @@ class Publisher:
         wait_for(self.client.is_connected, 5, "publisher did not connect")
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        # paho holds its own mutex here; never call into paho while holding ours (deadlock).
         with self._lock:
-            key = self._mid_to_key.pop(mid, None)
-            if key is not None:
-                self.acked.append(key)
+            if mid in self._mid_to_key:
+                self.acked.append(self._mid_to_key.pop(mid))
+            else:
+                self._early.add(mid)
 
-    def publish(self, topic: str, payload: bytes | dict[str, Any], key: Any = None, qos: int = 1) -> None:
+    def publish(
+        self, topic: str, payload: bytes | dict[str, Any], key: Any = None, qos: int = 1
+    ) -> None:
         body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        info = self.client.publish(topic, body, qos=qos)
+        if key is None:
+            return
         with self._lock:
-            info = self.client.publish(topic, body, qos=qos)
-            if key is not None:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self.acked.append(key)
+            else:
                 self._mid_to_key[info.mid] = key
 
     def close(self) -> None:
@@ -92,7 +104,9 @@ def platform_settings(
     )
 
 
-def register(broker: LocalMosquitto, directory: StaticDirectory, *devices: DeviceInfo) -> dict[str, str]:
+def register(
+    broker: LocalMosquitto, directory: StaticDirectory, *devices: DeviceInfo
+) -> dict[str, str]:
     """Put devices in the directory and give each a broker account; returns device -> password."""
     passwords = {}
     for d in devices:

@@ -26,10 +26,12 @@ def test_yaml_file_is_read_and_unknown_keys_are_refused(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("secret", ["changeme", "please-change-me-influx-token", "admin"])
-def test_production_refuses_placeholder_secrets(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+def test_production_refuses_placeholder_secrets(
+    monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
     monkeypatch.setenv("WEIJIAN_ENVIRONMENT", "production")
     monkeypatch.setenv("WEIJIAN_INFLUX__TOKEN", secret)
-    with pytest.raises(ValidationError, match="influx.token is a placeholder"):
+    with pytest.raises(ValidationError, match=r"influx\.token is a placeholder"):
         load_settings()
 
 

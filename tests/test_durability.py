@@ -1,4 +1,4 @@
-"""Nothing acknowledged is ever lost: InfluxDB outages, broker restarts, and SIGKILL of the platform.
+"""Nothing acknowledged is lost: InfluxDB outages, broker restarts, SIGKILL of the platform.
 
 Each test publishes readings with unique values, remembers which ones the broker acknowledged to
 the device, and at the end compares that set with what InfluxDB holds.
@@ -66,7 +66,9 @@ async def test_influxdb_outage_mid_stream_every_reading_arrives_once(
         await asyncio.wait_for(platform.mqtt.connected.wait(), 10)
         pub = Publisher(mosquitto.port, dev.device, pw[dev.device])
         publish_range(pub, topic, 0, 500, base)
-        await asyncio.to_thread(wait_for, lambda: len(stored_values(own_influx, db)) == 500, 20, "phase 1")
+        await asyncio.to_thread(
+            wait_for, lambda: len(stored_values(own_influx, db)) == 500, 20, "phase 1"
+        )
         own_influx.server.kill()  # abrupt: no flush, connections reset
         publish_range(pub, topic, 500, 1500, base)
         await asyncio.to_thread(
@@ -74,7 +76,8 @@ async def test_influxdb_outage_mid_stream_every_reading_arrives_once(
         )
         await asyncio.sleep(2.5)  # the writer retries against a dead server meanwhile
         assert platform.spool.stats.depth_records > 0
-        assert platform.forwarder.writer.stats.retries > 0
+        retries = platform.forwarder.writer.stats.retries + platform.forwarder.prepare_retries
+        assert retries > 0, "nothing retried against a dead InfluxDB"
         restarted = LocalInfluxDB(own_influx.server.root, http_port=own_influx.server.http_port)
         restarted.start()
         try:
@@ -117,7 +120,9 @@ async def test_broker_restart_collector_reconnects_and_loses_nothing(
             await asyncio.wait_for(platform.mqtt.connected.wait(), 30)
             await asyncio.to_thread(wait_for, pub.client.is_connected, 30, "device reconnect")
             publish_range(pub, topic, 300, 600, base)
-            await asyncio.to_thread(wait_for, lambda: len(pub.acked) == 600, 15, "acks after restart")
+            await asyncio.to_thread(
+                wait_for, lambda: len(pub.acked) == 600, 15, "acks after restart"
+            )
             await asyncio.to_thread(
                 wait_for, lambda: len(stored_values(influx, influx_db)) == 600, 30, "stored"
             )
@@ -143,7 +148,10 @@ def _metric(port: int, name: str) -> float | None:
 def _start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as logf:
         return subprocess.Popen(
-            [sys.executable, "-m", "weijian.cli", "serve"], env=env, stdout=logf, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "weijian.cli", "serve"],
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -180,9 +188,13 @@ def test_sigkill_of_the_platform_loses_no_acknowledged_reading(
     proc = _start_serve(env, tmp_path / "serve1.log")
     pub = Publisher(mosquitto.port, dev.device, pw[dev.device])
     try:
-        wait_for(lambda: _metric(metrics_port, "weijian_spool_depth_records") is not None, 20, "serve up")
+        wait_for(
+            lambda: _metric(metrics_port, "weijian_spool_depth_records") is not None, 20, "serve up"
+        )
         publish_range(pub, topic, 0, 1000, base)
-        wait_for(lambda: _metric(metrics_port, "weijian_spool_depth_records") == 1000, 20, "spooled")
+        wait_for(
+            lambda: _metric(metrics_port, "weijian_spool_depth_records") == 1000, 20, "spooled"
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         publish_range(pub, topic, 1000, 1500, base)  # the broker holds these for the session

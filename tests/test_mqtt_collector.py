@@ -21,8 +21,8 @@ def _reading(i: int, now: float) -> dict:
     return {"ts": now - 60 + i * 0.001, "fields": {"co2_ppm": 400 + i, "temperature_c": 21.5}}
 
 
-async def _eventually(condition, timeout: float, message: str):  # type: ignore[no-untyped-def]
-    return await asyncio.to_thread(wait_for, condition, timeout, message)
+async def _eventually(condition, within_s: float, message: str):  # type: ignore[no-untyped-def]
+    return await asyncio.to_thread(wait_for, condition, within_s, message)
 
 
 @pytest.fixture
@@ -51,14 +51,23 @@ async def test_readings_arrive_exactly_once_in_agency_and_tenant_databases(
             lambda: influx.count(influx_db, "air_monitor", "co2_ppm") == 250, 20, "not all stored"
         )
         pub.close()
-        assert platform.metrics.ingest.stored == 250
+        # the forwarder counts after its write returns: wait without blocking the loop
+        await _eventually(lambda: platform.metrics.ingest.stored == 250, 5, "stored counter")
         assert platform.metrics.ingest.rejected == {}
     tenant_db = f"{influx_db}_t_{tenant}"
     assert influx.count(tenant_db, "air_monitor", "co2_ppm") == 250
     # one series, tagged with identity and jurisdiction
-    tags = influx.query('SHOW TAG VALUES FROM "air_monitor" WITH KEY IN ("device","region","site","tenant")', influx_db)
+    tags = influx.query(
+        'SHOW TAG VALUES FROM "air_monitor" WITH KEY IN ("device","region","site","tenant")',
+        influx_db,
+    )
     pairs = {tuple(v) for v in tags["results"][0]["series"][0]["values"]}
-    assert pairs == {("device", "air-e2e-1"), ("region", "110105"), ("site", "hotel-a"), ("tenant", tenant)}
+    assert pairs == {
+        ("device", "air-e2e-1"),
+        ("region", "110105"),
+        ("site", "hotel-a"),
+        ("tenant", tenant),
+    }
 
 
 async def test_bad_input_is_refused_by_reason_and_good_readings_still_arrive(
@@ -100,10 +109,13 @@ async def test_bad_input_is_refused_by_reason_and_good_readings_still_arrive(
         # (the broker ACL would drop it; publish as the device on its own topic with a wrong site
         # is impossible, so the mismatch is exercised through the ghost device instead)
         ghost_pub = Publisher(mosquitto.port, ghost.username, ghost.password)
-        ghost_pub.publish(telemetry_topic(PREFIX, tenant, "mall", "air-ghost"), _reading(0, now), key="g")
+        ghost_pub.publish(
+            telemetry_topic(PREFIX, tenant, "mall", "air-ghost"), _reading(0, now), key="g"
+        )
         expected_good = len(bad_payloads) + 4
         await _eventually(
-            lambda: influx.count(influx_db, "air_monitor", "co2_ppm") == expected_good, 20,
+            lambda: influx.count(influx_db, "air_monitor", "co2_ppm") == expected_good,
+            20,
             "good readings missing",
         )
         rejected = dict(platform.metrics.ingest.rejected)
@@ -125,7 +137,8 @@ async def test_bad_input_is_refused_by_reason_and_good_readings_still_arrive(
         pub2 = Publisher(mosquitto.port, good.device, passwords[good.device])
         pub2.publish(topic, _reading(999, now))
         await _eventually(
-            lambda: influx.count(influx_db, "air_monitor", "co2_ppm") == expected_good + 1, 20,
+            lambda: influx.count(influx_db, "air_monitor", "co2_ppm") == expected_good + 1,
+            20,
             "collector stopped after bad input",
         )
         pub2.close()

@@ -33,6 +33,7 @@ from simulators.mqtt_device import (
 )
 from simulators.scenario import ScenarioError, build_fleet, directory_entries, load_scenario
 from weijian.stack.mosquitto import LocalMosquitto
+from weijian.stack.process import free_port
 
 AIR_QUANTITIES = set(yaml.safe_load(
     (Path(__file__).resolve().parent.parent / "protocols" / "data" / "kinds.yaml").read_text()
@@ -251,6 +252,47 @@ async def test_a_wrong_password_is_refused_and_retried_with_backoff(
     assert stats.connects == 0
     assert stats.in_flight == stats.published > 0, "readings stay queued while refused"
     assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+def _lone_device(name: str) -> SimulatedMqttDevice:
+    signal = AirMonitorSignal(AirMonitorSpec.for_venue("gym"), seed=1)
+    return SimulatedMqttDevice("t", "s", name, "air_monitor", name, "pw", 0.05, signal)
+
+
+async def test_an_unreachable_broker_is_retried_and_stop_leaves_nothing_behind() -> None:
+    device = _lone_device("am-nobroker")
+    async with MqttFleet([device], port=free_port(), backoff_base_s=0.02, backoff_cap_s=0.05,
+                         drain_timeout_s=0.05) as fleet:
+        await _until(lambda: fleet.stats()[device.device].connect_errors >= 3)
+    stats = fleet.stats()[device.device]
+    assert stats.connects == 0
+    assert stats.in_flight == stats.published > 0, "readings are held while offline"
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_a_broker_that_never_answers_connect_is_given_up_on_and_retried() -> None:
+    """TCP accepted, no CONNACK: after connect_timeout_s the device hangs up and tries again."""
+    connections = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.read()  # until the device hangs up
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    device = _lone_device("am-silent")
+    try:
+        async with MqttFleet([device], port=port, connect_timeout_s=0.2, backoff_base_s=0.02,
+                             backoff_cap_s=0.05, drain_timeout_s=0.05) as fleet:
+            await _until(lambda: connections >= 3)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert fleet.stats()[device.device].connect_errors >= 2
+    assert fleet.stats()[device.device].connects == 0
 
 
 async def test_devices_reconnect_after_a_broker_restart_without_losing_readings(

@@ -13,12 +13,18 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from protocols.catalog import default_catalog
 from protocols.directory import DeviceInfo
-from protocols.influx.client import InfluxClient
+from protocols.influx.client import InfluxClient, InfluxError
 
-# Columns worth a glance, in order; other quantities are summarised in the last column.
-HEADLINE = ("co2_ppm", "pm25_ug_m3", "pm10_ug_m3", "hcho_mg_m3", "temperature_c", "humidity_pct")
+# Columns worth a glance, in order, with short headers; other quantities go to an "Other" column.
+HEADLINE = {
+    "co2_ppm": "CO₂\nppm",
+    "pm25_ug_m3": "PM2.5\nµg/m³",
+    "pm10_ug_m3": "PM10\nµg/m³",
+    "hcho_mg_m3": "HCHO\nmg/m³",
+    "temperature_c": "T\n°C",
+    "humidity_pct": "RH\n%",
+}
 
 
 @dataclass(frozen=True)
@@ -31,11 +37,16 @@ async def fetch_latest(client: InfluxClient, database: str, kinds: set[str]) -> 
     """Latest row per device, one query per kind (bounded to the last day to stay cheap)."""
     latest: dict[str, Latest] = {}
     for kind in sorted(kinds):
-        results = await client.query(
-            f'SELECT * FROM "{kind}" WHERE time > now() - 1d GROUP BY "device" '
-            "ORDER BY time DESC LIMIT 1",
-            db=database,
-        )
+        try:
+            results = await client.query(
+                f'SELECT * FROM "{kind}" WHERE time > now() - 1d GROUP BY "device" '
+                "ORDER BY time DESC LIMIT 1",
+                db=database,
+            )
+        except InfluxError as exc:
+            if "database not found" in str(exc):
+                return latest  # nothing written yet
+            raise
         for series in results[0].get("series", []) if results else []:
             device = series.get("tags", {}).get("device")
             if not device or not series.get("values"):
@@ -77,7 +88,6 @@ def render(
     now: float | None = None,
 ) -> Table:
     now = time.time() if now is None else now
-    units = {q.name: q.unit for q in default_catalog().quantities.values()}
     s = summary
     caption = (
         f"received {s.get('received', 0)} · stored {s.get('stored', 0)} · "
@@ -89,33 +99,35 @@ def render(
     table = Table(
         title="Weijian · latest readings stored in InfluxDB", caption=caption, expand=True
     )
-    table.add_column("Site")
-    table.add_column("Device")
-    table.add_column("Kind")
-    for q in HEADLINE:
-        table.add_column(
-            f"{q.rsplit('_', 1)[0] if units.get(q) else q}\n{units.get(q) or ''}", justify="right"
+    show_kind = len({d.kind for d in devices}) > 1
+    others = {
+        device: ", ".join(
+            f"{k}={_fmt(v)}" for k, v in sorted(row.fields.items()) if k not in HEADLINE
         )
-    table.add_column("Other")
-    table.add_column("Age", justify="right")
+        for device, row in latest.items()
+    }
+    show_other = any(others.values())
+    table.add_column("Site", overflow="ellipsis", no_wrap=True, ratio=3)
+    table.add_column("Device", overflow="fold", ratio=2)
+    if show_kind:
+        table.add_column("Kind")
+    for header in HEADLINE.values():
+        table.add_column(header, justify="right", no_wrap=True)
+    if show_other:
+        table.add_column("Other")
+    table.add_column("Age", justify="right", no_wrap=True)
     names = site_names or {}
     for dev in sorted(devices, key=lambda d: (d.tenant, d.site, d.device)):
         row = latest.get(dev.device)
-        site = names.get(dev.site, dev.site)
+        cells: list[str | Text] = [names.get(dev.site, dev.site), dev.device]
+        if show_kind:
+            cells.append(dev.kind)
         if row is None:
-            table.add_row(
-                site, dev.device, dev.kind, *["–"] * len(HEADLINE), "", Text("no data", style="dim")
-            )
+            cells += ["–"] * len(HEADLINE) + ([""] if show_other else [])
+            table.add_row(*cells, Text("no data", style="dim"))
             continue
-        others = ", ".join(
-            f"{k}={_fmt(v)}" for k, v in sorted(row.fields.items()) if k not in HEADLINE
-        )
-        table.add_row(
-            site,
-            dev.device,
-            dev.kind,
-            *[_fmt(row.fields[q]) if q in row.fields else "–" for q in HEADLINE],
-            others,
-            _age(now - row.time_ms / 1000),
-        )
+        cells += [_fmt(row.fields[q]) if q in row.fields else "–" for q in HEADLINE]
+        if show_other:
+            cells.append(others.get(dev.device, ""))
+        table.add_row(*cells, _age(now - row.time_ms / 1000))
     return table

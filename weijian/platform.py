@@ -11,10 +11,6 @@ import contextlib
 import logging
 from pathlib import Path
 
-from protocols.influx.client import InfluxClient
-from protocols.influx.schema import ensure_schema
-from protocols.influx.writer import BatchWriter, FileDeadLetter
-
 from collectors.forwarder import Forwarder
 from collectors.metrics import Metrics
 from collectors.mqtt import MqttCollector
@@ -22,6 +18,9 @@ from collectors.pipeline import Ingestor
 from collectors.spool import Spool
 from protocols.catalog import default_catalog
 from protocols.directory import DeviceDirectory, StaticDirectory
+from protocols.influx.client import InfluxClient
+from protocols.influx.schema import ensure_schema
+from protocols.influx.writer import BatchWriter, FileDeadLetter
 from protocols.reading import ReadingValidator
 from weijian.config import Settings
 
@@ -53,9 +52,11 @@ class Platform:
                 Spool.from_settings(s.spool_dir, s.spool)
             )
             self.metrics.attach("spool", self.spool.stats)
+            dead_letter = FileDeadLetter(Path(s.data_dir) / "dead-letter.jsonl")
+            self._stack.callback(dead_letter.close)
             writer = BatchWriter(
                 self.influx,
-                dead_letter=FileDeadLetter(Path(s.data_dir) / "dead-letter.jsonl"),
+                dead_letter=dead_letter,
                 backoff_base=s.writer.backoff_base_s,
                 backoff_cap=s.writer.backoff_cap_s,
                 on_write=self.metrics.observe_write,
@@ -73,6 +74,8 @@ class Platform:
                 flush_interval_s=s.writer.flush_interval_s,
                 prepare_database=self._prepare_database if s.influx.manage_schema else None,
             )
+            if s.influx.manage_schema:
+                await self._prepare_agency_database()
             self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
             validator = ReadingValidator(
                 default_catalog(),
@@ -120,6 +123,14 @@ class Platform:
             rollup_5m_retention=i.rollup_5m_retention,
             rollup_1h_retention=i.rollup_1h_retention,
         )
+
+    async def _prepare_agency_database(self) -> None:
+        """Create the schema up front so readers find it; if InfluxDB is down, the forwarder
+        retries before its first write, and ingestion does not wait for it."""
+        try:
+            await asyncio.wait_for(self._prepare_database(self.settings.influx.database), 5)
+        except Exception as exc:
+            log.warning("InfluxDB schema not ready at start (%s); will retry before writing", exc)
 
     async def _housekeeping(self) -> None:
         """Pick up device-directory edits and log a summary line now and then."""

@@ -21,10 +21,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from protocols.influx.backoff import backoff_delay
 
 from collectors.pipeline import Ingestor
 from collectors.spool import SpoolFull
+from protocols.influx.backoff import backoff_delay
 from protocols.mqtt_loop import AsyncioMqttLoop
 from protocols.mqtt_telemetry import decode_payload, parse_topic, telemetry_filter
 from protocols.reading import Reason, Rejection

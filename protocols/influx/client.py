@@ -10,7 +10,8 @@ outcome into one of a few exception types the batch writer can act on:
   partial-write... message). InfluxDB 1.x stores the good lines of such a batch anyway
   ("partial write"); 2.x refuses the whole batch. Either way the writer bisects.
 * :class:`TooLargeError` (413), :class:`AuthError` (401/403), :class:`DatabaseNotFoundError`
-  (404 database/bucket not found) -- configuration problems, never the data's fault.
+  (404 database/bucket not found; also 1.x's 500 "retention policy not found") --
+  configuration problems, never the data's fault.
 * :class:`InfluxError` -- anything else (e.g. a 400 that is not about the lines, like a missing
   ``db``): also configuration. A 400 is called bad data only when its message says so, because
   the writer dead-letters bad data line by line and a misread request error would dead-letter
@@ -23,6 +24,7 @@ USER ... WITH PASSWORD`` is a query).
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import gzip
 import logging
@@ -143,7 +145,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def _error_message(body: bytes, headers: Mapping[str, str]) -> str:
-    """InfluxDB's own words: 1.x ``{"error"}``, 2.x ``{"code","message"}``, 3.x ``{"error","data"}``."""
+    """InfluxDB's own words: 1.x ``{"error"}``, 2.x ``{"message"}``, 3.x ``{"error","data"}``."""
     text = body.decode("utf-8", "replace").strip()
     try:
         decoded = orjson.loads(body) if body else None
@@ -193,7 +195,10 @@ class InfluxClient:
             self._headers["Authorization"] = f"Token {token}"
             self.auth_kind = "token"
         elif username is not None:
-            self._headers["Authorization"] = aiohttp.BasicAuth(username, password or "").encode()
+            if ":" in username:
+                raise ValueError("an InfluxDB username cannot contain ':' (HTTP Basic auth)")
+            pair = f"{username}:{password or ''}".encode()
+            self._headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
             self.auth_kind = f"basic ({username})"
         else:
             self.auth_kind = "none"
@@ -262,17 +267,23 @@ class InfluxClient:
             raise RetryableError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     @staticmethod
-    def _classify(status: int, body: bytes, headers: Mapping[str, str], *, write: bool) -> InfluxError:
+    def _classify(
+        status: int, body: bytes, headers: Mapping[str, str], *, write: bool
+    ) -> InfluxError:
         message = _error_message(body, headers)
         text = f"HTTP {status}: {message}"
         lowered = message.lower()
+        if "retention policy not found" in lowered:  # 1.x answers 500: configuration, not load
+            return DatabaseNotFoundError(text, status=status, body=message)
         if status == 429 or status >= 500:
             retry_after = parse_retry_after(headers.get("Retry-After"))
             return RetryableError(text, status=status, body=message, retry_after=retry_after)
         if status in (401, 403):
             return AuthError(text, status=status, body=message)
-        if status == 404 and "not found" in lowered and (
-            "database" in lowered or "bucket" in lowered or "dbrp" in lowered
+        if (
+            status == 404
+            and "not found" in lowered
+            and ("database" in lowered or "bucket" in lowered or "dbrp" in lowered)
         ):
             return DatabaseNotFoundError(text, status=status, body=message)
         if status == 413:
@@ -313,7 +324,7 @@ class InfluxClient:
     async def query(
         self, q: str, *, db: str | None = None, epoch: str | None = "ms", method: str = "GET"
     ) -> list[dict[str, Any]]:
-        """Run InfluxQL; the ``results`` list. A statement's ``error`` raises :class:`InfluxError`."""
+        """Run InfluxQL; return the ``results`` list. A statement ``error`` raises InfluxError."""
         params = {"q": q}
         if db:
             params["db"] = db
@@ -334,13 +345,18 @@ class InfluxClient:
         if not isinstance(decoded, dict):
             raise InfluxError(f"/query answered {type(decoded).__name__}", status=status)
         if decoded.get("error"):
-            raise InfluxError(f"query failed: {decoded['error']}", status=status, body=decoded["error"])
+            raise InfluxError(
+                f"query failed: {decoded['error']}", status=status, body=decoded["error"]
+            )
         results: list[dict[str, Any]] = decoded.get("results") or []
         for result in results:
             error = result.get("error")
             if error:
-                err = InfluxError(f"statement {result.get('statement_id')} failed: {error}",
-                                  status=status, body=error)
+                err = InfluxError(
+                    f"statement {result.get('statement_id')} failed: {error}",
+                    status=status,
+                    body=error,
+                )
                 if "database not found" in error:
                     err = DatabaseNotFoundError(str(err), status=status, body=error)
                 raise err
@@ -349,4 +365,3 @@ class InfluxClient:
     async def execute(self, q: str, *, db: str | None = None) -> None:
         """Run InfluxQL that changes something (DDL) with POST; raise if any statement failed."""
         await self.query(q, db=db, epoch=None, method="POST")
-
