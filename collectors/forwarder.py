@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 
 from collectors.metrics import Metrics
@@ -20,6 +20,7 @@ from protocols.influx.backoff import backoff_delay
 from protocols.influx.writer import BatchWriter
 
 log = logging.getLogger(__name__)
+GATHER_POLL_S = 0.05  # how often a filling batch looks for more records
 
 
 class Forwarder:
@@ -34,6 +35,7 @@ class Forwarder:
         batch_lines: int = 5000,
         flush_interval_s: float = 0.5,
         prepare_database: Callable[[str], Awaitable[None]] | None = None,
+        max_in_flight: int = 2,
     ) -> None:
         self.spool = spool
         self.writer = writer
@@ -43,20 +45,34 @@ class Forwarder:
         self.batch_lines = batch_lines
         self.flush_interval_s = flush_interval_s
         self.prepare_database = prepare_database
+        self.max_in_flight = max(1, max_in_flight)
         self._prepared: set[str] = set()
         self.prepare_retries = 0
-        self._idle = asyncio.Event()
 
     async def run(self) -> None:
-        """Forward until cancelled; a cancelled batch stays in the spool and is replayed."""
-        while True:
-            batch = await self._gather()
-            if not batch.records:
-                self._idle.set()
-                continue
-            self._idle.clear()
-            await self._write(batch)
-            await self.spool.commit(batch)
+        """Forward until cancelled; a cancelled batch stays in the spool and is replayed.
+
+        Up to ``max_in_flight`` batches are written at once (InfluxDB ingests faster with two
+        writers), but the spool is committed strictly in order: a batch is committed only after
+        it and every batch before it are in InfluxDB, so a crash can never skip one.
+        """
+        in_flight: deque[tuple[SpoolBatch, asyncio.Task[None]]] = deque()
+        try:
+            while True:
+                batch = await self._gather()
+                if batch.records:
+                    in_flight.append((batch, asyncio.create_task(self._write(batch))))
+                while in_flight and (
+                    in_flight[0][1].done()
+                    or len(in_flight) >= self.max_in_flight
+                    or not batch.records
+                ):
+                    done, task = in_flight.popleft()
+                    await task  # the writer retries until written; only a bug raises here
+                    await self.spool.commit(done)
+        finally:
+            for _, task in in_flight:
+                task.cancel()
 
     async def _gather(self) -> SpoolBatch:
         """Up to batch_lines records, waiting at most flush_interval_s after the first arrives."""
@@ -66,11 +82,14 @@ class Forwarder:
         records = list(first.records)
         end = first.end
         deadline = time.monotonic() + self.flush_interval_s
+        # Let records accumulate rather than reading them one by one as they trickle in.
         while len(records) < self.batch_lines:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            more = await self.spool.read_batch(self.batch_lines - len(records), timeout=remaining)
+            if self.spool.stats.depth_records < len(records) + self.batch_lines:
+                await asyncio.sleep(min(remaining, GATHER_POLL_S))
+            more = await self.spool.read_batch(self.batch_lines - len(records), timeout=0)
             if more.records:
                 records.extend(more.records)
                 end = more.end
@@ -84,12 +103,22 @@ class Forwarder:
             lines.append(line)
             if self.tenant_prefix is not None and tenant:
                 by_tenant[tenant].append(line)
-        await self._prepare(self.database)
-        self.metrics.ingest.stored += await self.writer.write(self.database, lines)
-        for tenant, tenant_lines in by_tenant.items():
-            db = self.tenant_prefix + tenant  # type: ignore[operator]
-            await self._prepare(db)
-            self.metrics.ingest.stored_copies += await self.writer.write(db, tenant_lines)
+        # The agency database and the tenant copies are independent writes: send them together.
+        await asyncio.gather(
+            self._write_db(self.database, lines, copy=False),
+            *(
+                self._write_db(self.tenant_prefix + tenant, tenant_lines, copy=True)  # type: ignore[operator]
+                for tenant, tenant_lines in by_tenant.items()
+            ),
+        )
+
+    async def _write_db(self, database: str, lines: list[bytes], *, copy: bool) -> None:
+        await self._prepare(database)
+        written = await self.writer.write(database, lines)
+        if copy:
+            self.metrics.ingest.stored_copies += written
+        else:
+            self.metrics.ingest.stored += written
 
     async def _prepare(self, database: str) -> None:
         if self.prepare_database is None or database in self._prepared:

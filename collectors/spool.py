@@ -886,8 +886,11 @@ class Spool:
             self._readable.set()
 
 
+_datasync = getattr(os, "fdatasync", os.fsync)  # the file's data and size, not its timestamps
+
+
 def _fsync_all(fds: list[int], dir_fd: int | None) -> None:
     for fd in fds:
-        os.fsync(fd)
+        _datasync(fd)
     if dir_fd is not None:
         os.fsync(dir_fd)  # makes newly created segment names durable

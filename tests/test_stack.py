@@ -52,6 +52,7 @@ def test_influxdb_requires_authentication(influx) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{influx.url}/query", data=data, timeout=5)
     assert err.value.code == 401
+    err.value.close()  # an HTTPError holds the response's socket
     assert "results" in influx.query("SHOW DATABASES")
 
 

@@ -76,7 +76,7 @@ class MqttSettings(_Section):
 class SpoolSettings(_Section):
     directory: Path | None = Field(default=None, description="Default: <data_dir>/spool.")
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS
-    fsync_interval_s: float = 0.2
+    fsync_interval_s: float = Field(default=0.2, gt=0, description="Period of 'interval' fsyncs.")
     max_bytes: int = 1 << 30
     segment_bytes: int = 16 << 20
     full_policy: FullPolicy = FullPolicy.BLOCK

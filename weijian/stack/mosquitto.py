@@ -24,6 +24,7 @@ persistence_location {root}/data/
 autosave_interval 10
 # The collector keeps a persistent session: hold its QoS 1 backlog while it restarts.
 max_queued_messages 1000000
+max_inflight_messages 1000
 max_packet_size {max_packet_size}
 log_dest stderr
 log_type error
