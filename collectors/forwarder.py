@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from collectors.metrics import Metrics
 from collectors.records import decode_record
 from collectors.spool import Spool, SpoolBatch
-from protocols.influx.backoff import backoff_delay
+from protocols.backoff import backoff_delay
 from protocols.influx.writer import BatchWriter
 
 log = logging.getLogger(__name__)

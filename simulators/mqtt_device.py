@@ -44,10 +44,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from protocols.backoff import backoff_delay
+from protocols.mqtt_telemetry import MAX_READINGS
+from protocols.mqtt_telemetry import telemetry_topic as shared_telemetry_topic
+
 log = logging.getLogger(__name__)
 
 TOPIC_PREFIX = "weijian/v1"
-MAX_BATCH = 1000
+MAX_BATCH = MAX_READINGS
 """The collector accepts at most this many readings per message."""
 
 
@@ -58,7 +62,7 @@ class Signal(Protocol):
 
 
 def telemetry_topic(tenant: str, site: str, device: str) -> str:
-    return f"{TOPIC_PREFIX}/{tenant}/{site}/{device}/telemetry"
+    return shared_telemetry_topic(TOPIC_PREFIX, tenant, site, device)
 
 
 def format_ts(t: datetime) -> str:
@@ -89,16 +93,6 @@ def encode_readings(readings: list[dict[str, Any]], *, batch: bool) -> bytes:
     if len(readings) > MAX_BATCH:
         raise ValueError(f"a batch carries at most {MAX_BATCH} readings, got {len(readings)}")
     return orjson.dumps({"readings": readings})
-
-
-def backoff_delay(attempt: int, u: float, *, base_s: float = 0.5, cap_s: float = 30.0) -> float:
-    """Reconnect delay after ``attempt`` consecutive failures (0 = first retry).
-
-    Exponential with "equal jitter": half the window is fixed, half random (``u`` ∈ [0, 1)), so a
-    fleet that lost its broker comes back spread out, yet no device retries immediately.
-    """
-    window = min(cap_s, base_s * 2.0 ** min(attempt, 30))
-    return window / 2.0 + window / 2.0 * u
 
 
 @dataclass(frozen=True)
@@ -330,8 +324,9 @@ class _DeviceRunner:
     def _schedule_reconnect(self) -> None:
         if self.fleet.stopping or self._connect_handle is not None:
             return
-        delay = backoff_delay(self._attempt, self.fleet.rng.random(),
-                              base_s=self.fleet.backoff_base_s, cap_s=self.fleet.backoff_cap_s)
+        # Equal jitter: a fleet that lost its broker comes back spread out, none at once.
+        delay = backoff_delay(self._attempt, base=self.fleet.backoff_base_s,
+                              cap=self.fleet.backoff_cap_s, rng=self.fleet.rng)
         self._attempt += 1
         self._connect_handle = self.fleet.loop.call_later(delay, self._connect)
 

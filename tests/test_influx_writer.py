@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from protocols.influx.backoff import MAX_RETRY_AFTER_S, backoff_delay, retry_delay
+from protocols.backoff import MAX_RETRY_AFTER_S, backoff_delay, retry_delay
 from protocols.influx.client import InfluxClient
 from protocols.influx.writer import BatchWriter, FileDeadLetter
 from protocols.lineprotocol import encode_line

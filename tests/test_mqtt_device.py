@@ -25,7 +25,6 @@ from simulators.mqtt_device import (
     AcceleratedClock,
     MqttFleet,
     SimulatedMqttDevice,
-    backoff_delay,
     encode_readings,
     format_ts,
     make_reading,
@@ -42,15 +41,6 @@ START = datetime(2026, 11, 22, 13, 0, tzinfo=UTC)
 
 
 # ---- pure parts ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize(("attempt", "u", "expected"), [
-    (0, 0.0, 0.25), (0, 0.999, 0.49975), (1, 0.0, 0.5), (3, 0.5, 3.0),
-    (6, 0.0, 15.0), (6, 1.0, 30.0), (50, 0.5, 22.5),  # capped at 30 s, huge attempts are safe
-])
-def test_backoff_delay_doubles_with_equal_jitter_up_to_the_cap(
-        attempt: int, u: float, expected: float) -> None:
-    assert backoff_delay(attempt, u, base_s=0.5, cap_s=30.0) == pytest.approx(expected)
-
 
 def test_reading_and_batch_payloads_match_the_wire_format() -> None:
     t = datetime(2026, 11, 22, 13, 0, 0, 123456, tzinfo=UTC)

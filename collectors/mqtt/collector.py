@@ -24,7 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from collectors.pipeline import Ingestor
 from collectors.spool import SpoolFull
-from protocols.influx.backoff import backoff_delay
+from protocols.backoff import backoff_delay
 from protocols.mqtt_loop import AsyncioMqttLoop
 from protocols.mqtt_telemetry import decode_payload, parse_topic, telemetry_filter
 from protocols.reading import Reason, Rejection

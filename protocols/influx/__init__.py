@@ -4,7 +4,7 @@ Works with InfluxDB 1.x natively and with 2.x/3.x through their v1 compatibility
 Flux and ``/api/v2`` are never used for data.
 """
 
-from protocols.influx.backoff import backoff_delay, retry_delay
+from protocols.backoff import backoff_delay, retry_delay
 from protocols.influx.client import (
     AuthError,
     BadDataError,

@@ -34,7 +34,7 @@ from typing import IO, Protocol
 
 import orjson
 
-from protocols.influx.backoff import retry_delay
+from protocols.backoff import retry_delay
 from protocols.influx.client import (
     AuthError,
     BadDataError,

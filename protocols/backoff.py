@@ -1,4 +1,4 @@
-"""Retry delays for the InfluxDB writer: pure functions, so they are table-tested, not timed.
+"""Retry delays (InfluxDB writer, MQTT reconnects): pure functions, table-tested, not timed.
 
 Capped exponential backoff with **equal jitter**: the n-th retry waits ``d/2 + U(0, d/2)`` where
 ``d = min(cap, base * 2**n)``. Why not full jitter (``U(0, d)``)? Full jitter spreads many
