@@ -38,3 +38,12 @@ def test_production_refuses_placeholder_secrets(
 def test_development_tolerates_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEIJIAN_INFLUX__TOKEN", "changeme")
     assert load_settings().influx.token is not None
+
+
+def test_mqtt_sample_settings_load(repo_root, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEIJIAN_MQTT__PASSWORD", "from-the-environment")
+    s = load_settings(repo_root / "collectors" / "mqtt" / "sample.yaml")
+    assert s.mqtt.share_group == "collectors"
+    assert s.mqtt.password is not None
+    assert s.mqtt.password.get_secret_value() == "from-the-environment"
+    assert s.spool.fsync is FsyncPolicy.ALWAYS
