@@ -142,3 +142,36 @@ async def test_bad_input_is_refused_by_reason_and_good_readings_still_arrive(
             "collector stopped after bad input",
         )
         pub2.close()
+
+
+async def test_a_forwarder_failure_is_logged_and_nothing_is_lost(
+    tmp_path, influx, influx_db, mosquitto: LocalMosquitto, tenant: str, caplog
+) -> None:
+    """An unforeseen error in the forwarder must not silently stop storage."""
+    directory = StaticDirectory()
+    dev = DeviceInfo("air-e2e-fail", tenant, "hotel-a", "air_monitor", "110105")
+    passwords = register(mosquitto, directory, dev)
+    settings = platform_settings(tmp_path, influx, mosquitto, influx_db)
+    now = time.time()
+    async with Platform(settings, directory) as platform:
+        real_write = platform.forwarder._write
+        failures = []
+
+        async def flaky_write(batch):  # type: ignore[no-untyped-def]
+            if not failures:
+                failures.append(len(batch.records))
+                raise RuntimeError("injected forwarder bug")
+            await real_write(batch)
+
+        platform.forwarder._write = flaky_write  # type: ignore[method-assign]
+        await asyncio.wait_for(platform.mqtt.connected.wait(), 10)
+        pub = Publisher(mosquitto.port, dev.device, passwords[dev.device])
+        topic = telemetry_topic(PREFIX, dev.tenant, dev.site, dev.device)
+        for i in range(100):
+            pub.publish(topic, _reading(i, now))
+        await _eventually(
+            lambda: influx.count(influx_db, "air_monitor", "co2_ppm") == 100, 20, "lost readings"
+        )
+        pub.close()
+    assert failures, "the injected failure never happened"
+    assert "forwarder failed; restarting" in caplog.text

@@ -104,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except RuntimeError as exc:  # a clear, user-facing start-up problem (ports, servers)
+        print(f"weijian: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

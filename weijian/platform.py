@@ -76,16 +76,23 @@ class Platform:
             )
             if s.influx.manage_schema:
                 await self._prepare_agency_database()
-            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
+            self._tasks.append(asyncio.create_task(self._forward(), name="forwarder"))
             validator = ReadingValidator(
                 default_catalog(),
                 max_past_s=s.validation.max_past_s,
                 max_future_s=s.validation.max_future_s,
             )
             self.ingestor = Ingestor(self.directory, validator, self.spool, self.metrics)
-            self.mqtt = await self._stack.enter_async_context(MqttCollector(s.mqtt, self.ingestor))
+            self.mqtt = MqttCollector(s.mqtt, self.ingestor)
+            await self.mqtt.__aenter__()
             if s.metrics.port:
-                self.metrics_port = self.metrics.serve(s.metrics.host, s.metrics.port)
+                try:
+                    self.metrics_port = self.metrics.serve(s.metrics.host, s.metrics.port)
+                except OSError as exc:
+                    raise RuntimeError(
+                        f"cannot serve metrics on {s.metrics.host}:{s.metrics.port} ({exc}); "
+                        "set WEIJIAN_METRICS__PORT to a free port, or 0 to turn metrics off"
+                    ) from exc
                 log.info("metrics at http://%s:%s/metrics", s.metrics.host, self.metrics_port)
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         except BaseException:
@@ -123,6 +130,21 @@ class Platform:
             rollup_5m_retention=i.rollup_5m_retention,
             rollup_1h_retention=i.rollup_1h_retention,
         )
+
+    async def _forward(self) -> None:
+        """Run the forwarder; should it ever fail on something unforeseen, log it loudly, re-read
+        the uncommitted tail and go on, rather than let readings pile up in the spool unseen."""
+        assert self.forwarder is not None
+        assert self.spool is not None
+        while True:
+            try:
+                await self.forwarder.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("forwarder failed; restarting from the last committed reading")
+                self.spool.rewind()
+                await asyncio.sleep(1.0)
 
     async def _prepare_agency_database(self) -> None:
         """Create the schema up front so readers find it; if InfluxDB is down, the forwarder

@@ -4,7 +4,6 @@ Works with InfluxDB 1.x natively and with 2.x/3.x through their v1 compatibility
 Flux and ``/api/v2`` are never used for data.
 """
 
-from protocols.backoff import backoff_delay, retry_delay
 from protocols.influx.client import (
     AuthError,
     BadDataError,
@@ -29,9 +28,7 @@ __all__ = [
     "RetryableError",
     "TooLargeError",
     "WriterStats",
-    "backoff_delay",
     "ensure_databases",
     "ensure_schema",
-    "retry_delay",
     "version_kind",
 ]
