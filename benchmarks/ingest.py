@@ -18,6 +18,7 @@ Usage: python benchmarks/ingest.py [--messages 30000] [--batch-messages 3000 --b
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import multiprocessing as mp
 import os
@@ -197,7 +198,7 @@ def metrics(port: int, *names: str) -> dict[str, float]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet (even a TCP self-connect)
         return {}
     totals = dict.fromkeys(names, 0.0)
     for line in text.splitlines():
@@ -213,46 +214,72 @@ POLL_S = 0.1  # scraping is not free for the platform: keep it rare
 
 
 def run_platform(
-    env: dict[str, str], metrics_port: int, expected: int, log: Path, subscribe_only: bool = False
+    env: dict[str, str],
+    metrics_port: int,
+    expected: int,
+    log: Path,
+    subscribe_only: bool = False,
+    workers: int = 1,
 ) -> dict[str, float]:
-    """Start `weijian serve`, time it from when it is up: until every reading is accepted (spooled
-    and acknowledged) and until every reading is stored. CPU is counted over the same span."""
+    """Start `weijian serve`, time it from its first accepted reading: until every reading is
+    accepted (spooled and acknowledged) and until every reading is stored. CPU and memory are
+    summed over the platform's processes (the workers and their supervisor)."""
+    ports = [metrics_port + i for i in range(workers)]
+
+    def scrape(*names: str) -> dict[str, float] | None:
+        parts = [metrics(port, *names) for port in ports]
+        if not all(parts):
+            return None
+        return {n: sum(p[n] for p in parts) for n in names}
+
     with open(log, "ab") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "weijian.cli", "serve"],
+            [sys.executable, "-m", "weijian.cli", "serve", "--workers", str(workers)],
             env=env,
             stdout=logf,
             stderr=subprocess.STDOUT,
         )
-    ps = psutil.Process(proc.pid)
+    family = psutil.Process(proc.pid)
+
+    def cpu_and_rss() -> tuple[float, int]:
+        procs = [family, *family.children(recursive=True)]
+        cpu = rss = 0
+        for p in procs:
+            try:
+                cpu += sum(p.cpu_times()[:2])
+                rss += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return cpu, rss
+
     peak = 0
     accepted_at = 0.0
     try:
-        while not metrics(metrics_port, STORED):  # interpreter start-up
+        while scrape(STORED) is None:  # interpreter start-up
             if proc.poll() is not None:
                 raise RuntimeError(f"platform exited; see {log}")
             time.sleep(0.01)
         if subscribe_only:
             time.sleep(1.0)  # let it subscribe
             return {}
-        while not metrics(metrics_port, ACCEPTED).get(ACCEPTED):  # connecting is not consuming
+        while not (scrape(ACCEPTED) or {}).get(ACCEPTED):  # connecting is not consuming
             time.sleep(0.01)
         t0 = time.perf_counter()
-        cpu0 = sum(ps.cpu_times()[:2])
+        cpu0, _ = cpu_and_rss()
         while True:
-            now = metrics(metrics_port, STORED, ACCEPTED)
+            now = scrape(STORED, ACCEPTED) or {}
             if not accepted_at and now.get(ACCEPTED, 0) >= expected:
                 accepted_at = time.perf_counter() - t0
             if now.get(STORED, 0) >= expected:
                 break
             if proc.poll() is not None:
                 raise RuntimeError(f"platform exited; see {log}")
-            peak = max(peak, ps.memory_info().rss)
+            peak = max(peak, cpu_and_rss()[1])
             time.sleep(POLL_S)
             if time.perf_counter() - t0 > 900:
                 raise RuntimeError("platform did not store everything in 900 s")
         elapsed = time.perf_counter() - t0
-        cpu = sum(ps.cpu_times()[:2]) - cpu0
+        cpu = cpu_and_rss()[0] - cpu0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -287,6 +314,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--tenant-copies", choices=["on", "off"], default="on")
     ap.add_argument("--fsync", choices=["always", "interval", "never"], default="always")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="platform processes (weijian serve --workers)"
+    )
+    ap.add_argument("--modes", default="single,batched", help="which modes to run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
 
@@ -306,7 +337,8 @@ def main() -> None:
     broker.start()
     collector = broker.ensure_account(LocalMosquitto.COLLECTOR_USER)
     print(
-        f"# {args.devices} devices, fsync={args.fsync}, tenant copies {args.tenant_copies}; "
+        f"# {args.devices} devices, {args.workers} platform worker(s), fsync={args.fsync}, "
+        f"tenant copies {args.tenant_copies}; "
         f"InfluxDB {creds.url}, Mosquitto :{broker.port}; {os.cpu_count()} cores"
     )
     results = {}
@@ -315,6 +347,8 @@ def main() -> None:
             ("single", args.messages, 1),
             ("batched", args.batch_messages, args.batch_size),
         ):
+            if mode not in args.modes.split(","):
+                continue
             readings = messages * batch
             db = f"bench_{mode}"
             data_dir = work / f"data-{mode}"
@@ -345,7 +379,14 @@ def main() -> None:
             bare_subscriber(
                 broker.port, collector.username, collector.password, 0, bare_id, subscribe_only=True
             )
-            run_platform(env, metrics_port, 0, work / f"platform-{mode}.log", subscribe_only=True)
+            run_platform(
+                env,
+                metrics_port,
+                0,
+                work / f"platform-{mode}.log",
+                subscribe_only=True,
+                workers=args.workers,
+            )
             base = time.time() - 3600 * (2 if mode == "single" else 1)
             pre = preload(broker.port, accounts, messages, batch, base)
             print(
@@ -355,7 +396,9 @@ def main() -> None:
             bare_s, bare_cpu = bare_subscriber(
                 broker.port, collector.username, collector.password, messages, bare_id
             )
-            plat = run_platform(env, metrics_port, readings, work / f"platform-{mode}.log")
+            plat = run_platform(
+                env, metrics_port, readings, work / f"platform-{mode}.log", workers=args.workers
+            )
             plat_s, plat_cpu, plat_rss = plat["stored_s"], plat["cpu_s"], plat["peak_rss_mib"]
             stored = count_points(creds.url, creds.username, creds.password, db)
             lines = []

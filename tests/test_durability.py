@@ -7,6 +7,7 @@ the device, and at the end compares that set with what InfluxDB holds.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import signal
 import subprocess
@@ -137,7 +138,7 @@ def _metric(port: int, name: str) -> float | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
             text = resp.read().decode()
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet (even a TCP self-connect)
         return None
     for line in text.splitlines():
         if line.startswith(name + " "):

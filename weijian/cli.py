@@ -55,8 +55,17 @@ async def _serve(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from weijian.workers import supervise, worker_argv, worker_settings
+
     settings = _settings(args)
     _setup_logging(args.log_level)
+    if args.workers > 1 and args.worker_index is None:
+        return supervise(
+            lambda i: worker_argv(args.config, args.log_level, args.data_dir, i, args.workers),
+            args.workers,
+        )
+    if args.worker_index is not None:
+        settings = worker_settings(settings, args.worker_index)
     asyncio.run(_serve(settings))
     return 0
 
@@ -91,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the platform services against configured servers")
     serve.add_argument("--data-dir", help="spool and dead-letter directory (default .weijian)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="platform processes sharing the MQTT load (one per core); default 1",
+    )
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
     return parser
 
