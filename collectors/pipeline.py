@@ -24,6 +24,7 @@ from protocols.reading import Reading, ReadingValidator, Reason, Rejection
 log = logging.getLogger(__name__)
 
 ReadingListener = Callable[[Reading], None]
+MAX_DEVICES_REMEMBERED = 50_000  # devices whose recent rejections are kept for the onboarding check
 
 
 @dataclass(slots=True)
@@ -108,7 +109,10 @@ class Ingestor:
         """Count, remember for the device's onboarding check, and log (rate-limited per cause)."""
         reason = rejection.reason.value
         self.metrics.ingest.rejected[(protocol, reason)] += 1
-        self.metrics.ingest.recent[device].append((time.time(), reason, rejection.detail))
+        recent = self.metrics.ingest.recent
+        if device not in recent and len(recent) >= MAX_DEVICES_REMEMBERED:
+            recent.pop(next(iter(recent)))  # forget the oldest device: memory stays bounded
+        recent[device].append((time.time(), reason, rejection.detail))
         key = (device, reason)
         now = time.monotonic()
         last = self._last_logged.get(key)
