@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -11,8 +12,10 @@ import pytest
 from protocols.directory import DeviceInfo, StaticDirectory
 from protocols.mqtt_telemetry import telemetry_topic
 from tests.helpers import Publisher, platform_settings, register, wait_for
+from weijian.config import MetricsSettings
 from weijian.platform import Platform
 from weijian.stack.mosquitto import LocalMosquitto
+from weijian.stack.process import free_port
 
 PREFIX = "weijian/v1"
 
@@ -175,3 +178,44 @@ async def test_a_forwarder_failure_is_logged_and_nothing_is_lost(
         pub.close()
     assert failures, "the injected failure never happened"
     assert "forwarder failed; restarting" in caplog.text
+
+
+async def test_prometheus_endpoint_reports_ingest_rejections_spool_and_writes(
+    tmp_path, influx, influx_db, mosquitto: LocalMosquitto, tenant: str
+) -> None:
+    directory = StaticDirectory()
+    dev = DeviceInfo("air-e2e-metrics", tenant, "hotel-a", "air_monitor", "110105")
+    passwords = register(mosquitto, directory, dev)
+    port = free_port()
+    settings = platform_settings(
+        tmp_path, influx, mosquitto, influx_db, metrics=MetricsSettings(port=port)
+    )
+    async with Platform(settings, directory) as platform:
+        await asyncio.wait_for(platform.mqtt.connected.wait(), 10)
+        pub = Publisher(mosquitto.port, dev.device, passwords[dev.device])
+        topic = telemetry_topic(PREFIX, dev.tenant, dev.site, dev.device)
+        for i in range(10):
+            pub.publish(topic, _reading(i, time.time()))
+        pub.publish(topic, b'{"fields": {"co2_ppm": "high"}}')
+        await _eventually(lambda: platform.metrics.ingest.stored == 10, 20, "stored")
+        pub.close()
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                return resp.read().decode()
+
+        text = await asyncio.to_thread(scrape)
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("weijian_")
+    }
+    assert samples['weijian_readings_received_total{protocol="mqtt"}'] == 11
+    assert samples['weijian_readings_accepted_total{protocol="mqtt"}'] == 10
+    assert samples['weijian_rejected_total{protocol="mqtt",reason="wrong_type"}'] == 1
+    assert samples["weijian_readings_stored_total"] == 10
+    assert samples["weijian_tenant_copies_stored_total"] == 10
+    assert "weijian_spool_depth_records" in samples
+    assert samples["weijian_spool_fsyncs_total"] >= 1
+    assert samples["weijian_influx_write_seconds_count"] >= 1
+    assert samples['weijian_influx_batch_lines_bucket{le="10.0"}'] >= 1
