@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import os
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -115,3 +118,43 @@ def register(
     broker.reload()
     time.sleep(0.1)  # SIGHUP is asynchronous
     return passwords
+
+
+def serve_env(
+    influx: Any,
+    broker: LocalMosquitto,
+    data_dir: Path,
+    database: str,
+    metrics_port: int,
+    **extra: str,
+) -> dict[str, str]:
+    """Environment for a `weijian serve` subprocess pointed at the test servers."""
+    collector = broker.ensure_account(LocalMosquitto.COLLECTOR_USER)
+    return {
+        **os.environ,
+        "WEIJIAN_DATA_DIR": str(data_dir),
+        "WEIJIAN_INFLUX__URL": influx.url,
+        "WEIJIAN_INFLUX__USERNAME": influx.creds.username,
+        "WEIJIAN_INFLUX__PASSWORD": influx.creds.password,
+        "WEIJIAN_INFLUX__DATABASE": database,
+        "WEIJIAN_MQTT__PORT": str(broker.port),
+        "WEIJIAN_MQTT__PASSWORD": collector.password,
+        "WEIJIAN_MQTT__CLIENT_ID": f"collector-{uuid.uuid4().hex[:6]}",
+        "WEIJIAN_METRICS__PORT": str(metrics_port),
+        **extra,
+    }
+
+
+def metric(port: int, name: str) -> float | None:
+    """Sum of a metric's samples over all label sets; None while the endpoint is not up."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
+            text = resp.read().decode()
+    except (OSError, http.client.HTTPException):  # not up yet (even a TCP self-connect)
+        return None
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    ]
+    return sum(values) if values else None

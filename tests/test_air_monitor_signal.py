@@ -49,8 +49,14 @@ def test_irregular_sampling_follows_the_same_curve_as_fine_sampling() -> None:
     t = MONDAY + timedelta(hours=6)
     fine.sample(t)
     sparse.sample(t)
-    resolution = {"co2_ppm": 1, "pm25_ug_m3": 1, "pm10_ug_m3": 1, "hcho_mg_m3": 0.001,
-                  "temperature_c": 0.1, "humidity_pct": 0.1}
+    resolution = {
+        "co2_ppm": 1,
+        "pm25_ug_m3": 1,
+        "pm10_ug_m3": 1,
+        "hcho_mg_m3": 0.001,
+        "temperature_c": 0.1,
+        "humidity_pct": 0.1,
+    }
     for _ in range(40):
         gap = timedelta(seconds=rng.uniform(1, 3 * 3600))
         for k in range(1, 61):  # fine: 60 steps through the gap
@@ -65,8 +71,9 @@ def test_irregular_sampling_follows_the_same_curve_as_fine_sampling() -> None:
 @pytest.mark.parametrize("venue", VENUES)
 def test_a_week_at_one_minute_steps_stays_physically_valid(venue: str) -> None:
     quantities = yaml.safe_load((DATA / "quantities.yaml").read_text())["quantities"]
-    allowed = set(yaml.safe_load((DATA / "kinds.yaml").read_text())["kinds"]["air_monitor"][
-        "quantities"])
+    allowed = set(
+        yaml.safe_load((DATA / "kinds.yaml").read_text())["kinds"]["air_monitor"]["quantities"]
+    )
     signal = AirMonitorSignal(AirMonitorSpec.for_venue(venue), seed=5)
     for t, reading in _week(signal):
         assert tuple(reading) == QUANTITIES
@@ -159,8 +166,9 @@ def test_formaldehyde_rises_with_temperature_and_humidity_falls_with_it() -> Non
     hcho_warm = statistics.fmean(r["hcho_mg_m3"] for _, r in _week(warm, timedelta(minutes=10)))
     assert hcho_warm > 1.5 * hcho_cool, (hcho_cool, hcho_warm)
     rows = [r for _, r in _week(cool, timedelta(minutes=10))]
-    corr = statistics.correlation([r["temperature_c"] for r in rows],
-                                  [r["humidity_pct"] for r in rows])
+    corr = statistics.correlation(
+        [r["temperature_c"] for r in rows], [r["humidity_pct"] for r in rows]
+    )
     assert corr < -0.3, corr
 
 

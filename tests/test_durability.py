@@ -7,13 +7,10 @@ the device, and at the end compares that set with what InfluxDB holds.
 from __future__ import annotations
 
 import asyncio
-import http.client
-import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import pytest
 from protocols.directory import DeviceInfo, StaticDirectory
 from protocols.mqtt_telemetry import telemetry_topic
 from tests.conftest import InfluxServer
-from tests.helpers import Publisher, platform_settings, register, wait_for
+from tests.helpers import Publisher, metric, platform_settings, register, serve_env, wait_for
 from weijian.platform import Platform
 from weijian.stack.influxd import LocalInfluxDB
 from weijian.stack.mosquitto import LocalMosquitto
@@ -134,18 +131,6 @@ async def test_broker_restart_collector_reconnects_and_loses_nothing(
         broker.stop()
 
 
-def _metric(port: int, name: str) -> float | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
-            text = resp.read().decode()
-    except (OSError, http.client.HTTPException):  # not up yet (even a TCP self-connect)
-        return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
-
-
 def _start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as logf:
         return subprocess.Popen(
@@ -169,20 +154,8 @@ def test_sigkill_of_the_platform_loses_no_acknowledged_reading(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     directory.save(data_dir / "devices.yaml")
-    collector = mosquitto.ensure_account(LocalMosquitto.COLLECTOR_USER)
     metrics_port = free_port()
-    env = {
-        **os.environ,
-        "WEIJIAN_DATA_DIR": str(data_dir),
-        "WEIJIAN_INFLUX__URL": own_influx.url,
-        "WEIJIAN_INFLUX__USERNAME": own_influx.creds.username,
-        "WEIJIAN_INFLUX__PASSWORD": own_influx.creds.password,
-        "WEIJIAN_INFLUX__DATABASE": db,
-        "WEIJIAN_MQTT__PORT": str(mosquitto.port),
-        "WEIJIAN_MQTT__PASSWORD": collector.password,
-        "WEIJIAN_MQTT__CLIENT_ID": f"collector-{uuid.uuid4().hex[:6]}",
-        "WEIJIAN_METRICS__PORT": str(metrics_port),
-    }
+    env = serve_env(own_influx, mosquitto, data_dir, db, metrics_port)
     own_influx.server.stop()
     topic = telemetry_topic("weijian/v1", dev.tenant, dev.site, dev.device)
     base = time.time() - 600
@@ -190,12 +163,10 @@ def test_sigkill_of_the_platform_loses_no_acknowledged_reading(
     pub = Publisher(mosquitto.port, dev.device, pw[dev.device])
     try:
         wait_for(
-            lambda: _metric(metrics_port, "weijian_spool_depth_records") is not None, 20, "serve up"
+            lambda: metric(metrics_port, "weijian_spool_depth_records") is not None, 20, "serve up"
         )
         publish_range(pub, topic, 0, 1000, base)
-        wait_for(
-            lambda: _metric(metrics_port, "weijian_spool_depth_records") == 1000, 20, "spooled"
-        )
+        wait_for(lambda: metric(metrics_port, "weijian_spool_depth_records") == 1000, 20, "spooled")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         publish_range(pub, topic, 1000, 1500, base)  # the broker holds these for the session

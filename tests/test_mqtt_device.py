@@ -34,19 +34,26 @@ from simulators.scenario import ScenarioError, build_fleet, directory_entries, l
 from weijian.stack.mosquitto import LocalMosquitto
 from weijian.stack.process import free_port
 
-AIR_QUANTITIES = set(yaml.safe_load(
-    (Path(__file__).resolve().parent.parent / "protocols" / "data" / "kinds.yaml").read_text()
-)["kinds"]["air_monitor"]["quantities"])
+AIR_QUANTITIES = set(
+    yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "protocols" / "data" / "kinds.yaml").read_text()
+    )["kinds"]["air_monitor"]["quantities"]
+)
 START = datetime(2026, 11, 22, 13, 0, tzinfo=UTC)
 
 
 # ---- pure parts ---------------------------------------------------------------------------------
 
+
 def test_reading_and_batch_payloads_match_the_wire_format() -> None:
     t = datetime(2026, 11, 22, 13, 0, 0, 123456, tzinfo=UTC)
     reading = make_reading(t, {"co2_ppm": 612.0}, 17, flags={"co2_ppm": "N"})
-    assert reading == {"ts": "2026-11-22T13:00:00.123Z", "fields": {"co2_ppm": 612.0}, "seq": 17,
-                       "flags": {"co2_ppm": "N"}}
+    assert reading == {
+        "ts": "2026-11-22T13:00:00.123Z",
+        "fields": {"co2_ppm": 612.0},
+        "seq": 17,
+        "flags": {"co2_ppm": "N"},
+    }
     beijing_9pm = datetime(2026, 11, 22, 21, 0, tzinfo=timezone(timedelta(hours=8)))
     assert format_ts(beijing_9pm) == "2026-11-22T13:00:00.000Z", "timestamps are sent in UTC"
     assert orjson.loads(encode_readings([reading], batch=False)) == reading
@@ -66,6 +73,7 @@ def test_device_declarations_refuse_bad_topic_levels() -> None:
 
 
 # ---- against the broker -------------------------------------------------------------------------
+
 
 @dataclass
 class Collector:
@@ -94,8 +102,9 @@ def collector(broker: LocalMosquitto) -> Iterator[Collector]:
     account = broker.ensure_account(LocalMosquitto.COLLECTOR_USER)
     sink = Collector()
     subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex}",
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex}", protocol=mqtt.MQTTv5
+    )
     client.username_pw_set(account.username, account.password)
     client.on_message = sink.on_message
     client.on_connect = lambda c, *_: c.subscribe(f"{broker.topic_prefix}/+/+/+/telemetry", qos=1)
@@ -125,9 +134,15 @@ def _can_connect(port: int, username: str, password: str) -> bool:
     return bool(outcome and outcome[0])
 
 
-def make_devices(broker: LocalMosquitto, n: int, *, interval_s: float = 0.05,
-                 tenant: str = "t-hotels", site: str = "s-beijing-01",
-                 topic_of: dict[int, str] | None = None) -> list[SimulatedMqttDevice]:
+def make_devices(
+    broker: LocalMosquitto,
+    n: int,
+    *,
+    interval_s: float = 0.05,
+    tenant: str = "t-hotels",
+    site: str = "s-beijing-01",
+    topic_of: dict[int, str] | None = None,
+) -> list[SimulatedMqttDevice]:
     """Register ``n`` fresh device accounts (ACL: own topic only) and declare them."""
     tag = uuid.uuid4().hex[:6]
     devices = []
@@ -135,9 +150,19 @@ def make_devices(broker: LocalMosquitto, n: int, *, interval_s: float = 0.05,
         device = f"am-{tag}-{i}"
         account = broker.allow_device(device, tenant, site)
         signal = AirMonitorSignal(AirMonitorSpec.for_venue("hotel_room"), seed=i)
-        devices.append(SimulatedMqttDevice(
-            tenant, site, device, "air_monitor", account.username, account.password, interval_s,
-            signal, topic_override=(topic_of or {}).get(i)))
+        devices.append(
+            SimulatedMqttDevice(
+                tenant,
+                site,
+                device,
+                "air_monitor",
+                account.username,
+                account.password,
+                interval_s,
+                signal,
+                topic_override=(topic_of or {}).get(i),
+            )
+        )
     broker.reload()
     deadline = time.monotonic() + 5  # SIGHUP is asynchronous: wait until the last account works
     while not _can_connect(broker.port, devices[-1].username, devices[-1].password):
@@ -154,13 +179,15 @@ async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:  
 
 
 async def test_every_acked_reading_arrives_on_its_own_topic_and_nothing_leaks(
-        mosquitto: LocalMosquitto) -> None:
+    mosquitto: LocalMosquitto,
+) -> None:
     devices = make_devices(mosquitto, 4)
     with collector(mosquitto) as sink:
         threads_before = set(threading.enumerate())
         clock = AcceleratedClock(START, factor=100.0)  # 0.05 s real = 5 s of simulated time
-        async with MqttFleet(devices, port=mosquitto.port, time_source=clock,
-                             max_messages=20) as fleet:
+        async with MqttFleet(
+            devices, port=mosquitto.port, time_source=clock, max_messages=20
+        ) as fleet:
             async with asyncio.timeout(10):
                 await fleet.wait_finished()
             assert set(threading.enumerate()) == threads_before, "the fleet must not use threads"
@@ -230,12 +257,22 @@ async def test_batch_mode_sends_readings_arrays(mosquitto: LocalMosquitto) -> No
 
 
 async def test_a_wrong_password_is_refused_and_retried_with_backoff(
-        mosquitto: LocalMosquitto) -> None:
+    mosquitto: LocalMosquitto,
+) -> None:
     (device,) = make_devices(mosquitto, 1)
-    bad = SimulatedMqttDevice(device.tenant, device.site, device.device, device.kind,
-                              device.username, device.password + "x", 0.05, device.signal)
-    async with MqttFleet([bad], port=mosquitto.port, backoff_base_s=0.05, backoff_cap_s=0.2,
-                         drain_timeout_s=0.1) as fleet:
+    bad = SimulatedMqttDevice(
+        device.tenant,
+        device.site,
+        device.device,
+        device.kind,
+        device.username,
+        device.password + "x",
+        0.05,
+        device.signal,
+    )
+    async with MqttFleet(
+        [bad], port=mosquitto.port, backoff_base_s=0.05, backoff_cap_s=0.2, drain_timeout_s=0.1
+    ) as fleet:
         await _until(lambda: fleet.stats()[bad.device].refused >= 3)
     stats = fleet.stats()[bad.device]
     assert stats.acked == 0
@@ -251,8 +288,9 @@ def _lone_device(name: str) -> SimulatedMqttDevice:
 
 async def test_an_unreachable_broker_is_retried_and_stop_leaves_nothing_behind() -> None:
     device = _lone_device("am-nobroker")
-    async with MqttFleet([device], port=free_port(), backoff_base_s=0.02, backoff_cap_s=0.05,
-                         drain_timeout_s=0.05) as fleet:
+    async with MqttFleet(
+        [device], port=free_port(), backoff_base_s=0.02, backoff_cap_s=0.05, drain_timeout_s=0.05
+    ) as fleet:
         await _until(lambda: fleet.stats()[device.device].connect_errors >= 3)
     stats = fleet.stats()[device.device]
     assert stats.connects == 0
@@ -275,8 +313,14 @@ async def test_a_broker_that_never_answers_connect_is_given_up_on_and_retried() 
     port = server.sockets[0].getsockname()[1]
     device = _lone_device("am-silent")
     try:
-        async with MqttFleet([device], port=port, connect_timeout_s=0.2, backoff_base_s=0.02,
-                             backoff_cap_s=0.05, drain_timeout_s=0.05) as fleet:
+        async with MqttFleet(
+            [device],
+            port=port,
+            connect_timeout_s=0.2,
+            backoff_base_s=0.02,
+            backoff_cap_s=0.05,
+            drain_timeout_s=0.05,
+        ) as fleet:
             await _until(lambda: connections >= 3)
     finally:
         server.close()
@@ -286,13 +330,15 @@ async def test_a_broker_that_never_answers_connect_is_given_up_on_and_retried() 
 
 
 async def test_devices_reconnect_after_a_broker_restart_without_losing_readings(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     broker = LocalMosquitto(tmp_path / "mosquitto")
     broker.start()
     try:
         devices = make_devices(broker, 3, interval_s=0.02)
-        async with MqttFleet(devices, port=broker.port, backoff_base_s=0.1,
-                             backoff_cap_s=0.5) as fleet:
+        async with MqttFleet(
+            devices, port=broker.port, backoff_base_s=0.1, backoff_cap_s=0.5
+        ) as fleet:
             stats = fleet.stats()
             await _until(lambda: all(s.acked >= 10 for s in stats.values()))
             await asyncio.to_thread(broker.stop)
@@ -312,6 +358,7 @@ async def test_devices_reconnect_after_a_broker_restart_without_losing_readings(
 
 
 # ---- scenarios: the demo's file is the one tested -----------------------------------------------
+
 
 def test_the_demo_scenario_declares_two_tenants_and_feeds_the_directory() -> None:
     scenario = load_scenario("demo")
@@ -336,7 +383,9 @@ def test_scenario_errors_name_the_file_the_entry_and_the_field(tmp_path: Path) -
         "devices:\n"
         "  - {id: d1, kind: air_monitor, site: s1, params: {volume_m3: -5}}\n"
         "  - {id: d2, kind: air_monitor, site: s9}\n"
-        "  - {id: d3, kind: teapot, site: s1}\n", encoding="utf-8")
+        "  - {id: d3, kind: teapot, site: s1}\n",
+        encoding="utf-8",
+    )
     with pytest.raises(ScenarioError) as err:
         load_scenario(bad)
     message = str(err.value)
@@ -357,8 +406,9 @@ def test_scenario_errors_name_the_file_the_entry_and_the_field(tmp_path: Path) -
 
 async def test_the_demo_scenario_runs_against_the_broker(mosquitto: LocalMosquitto) -> None:
     scenario = load_scenario("demo")
-    fleet = build_fleet(scenario, mosquitto.allow_device, port=mosquitto.port, interval_s=0.05,
-                        max_messages=3)
+    fleet = build_fleet(
+        scenario, mosquitto.allow_device, port=mosquitto.port, interval_s=0.05, max_messages=3
+    )
     mosquitto.reload()
     last = fleet.devices[-1]
     deadline = time.monotonic() + 5

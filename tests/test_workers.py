@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import http.client
-import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import pytest
 from protocols.directory import DeviceInfo, StaticDirectory
 from protocols.mqtt_telemetry import telemetry_topic
 from tests.conftest import InfluxServer
-from tests.helpers import Publisher, register, wait_for
+from tests.helpers import Publisher, metric, register, serve_env, wait_for
 from weijian.config import Settings
 from weijian.stack.mosquitto import LocalMosquitto
 from weijian.stack.process import free_port
@@ -42,16 +39,7 @@ def test_each_worker_gets_its_own_identity_and_files_but_the_same_devices(tmp_pa
 
 
 def _accepted(port: int) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
-            text = resp.read().decode()
-    except (OSError, http.client.HTTPException):  # not up yet (even a TCP self-connect)
-        return -1
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("weijian_readings_accepted_total{")
-    )
+    return metric(port, "weijian_readings_accepted_total") or 0.0
 
 
 def test_two_workers_share_devices_and_store_every_reading_once(
@@ -64,21 +52,10 @@ def test_two_workers_share_devices_and_store_every_reading_once(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     directory.save(data_dir / "devices.yaml")
-    collector = mosquitto.ensure_account(LocalMosquitto.COLLECTOR_USER)
     port = free_port()
-    env = {
-        **os.environ,
-        "WEIJIAN_DATA_DIR": str(data_dir),
-        "WEIJIAN_INFLUX__URL": influx.url,
-        "WEIJIAN_INFLUX__USERNAME": influx.creds.username,
-        "WEIJIAN_INFLUX__PASSWORD": influx.creds.password,
-        "WEIJIAN_INFLUX__DATABASE": influx_db,
-        "WEIJIAN_INFLUX__TENANT_DATABASES": "false",
-        "WEIJIAN_MQTT__PORT": str(mosquitto.port),
-        "WEIJIAN_MQTT__PASSWORD": collector.password,
-        "WEIJIAN_MQTT__CLIENT_ID": f"collector-{uuid.uuid4().hex[:6]}",
-        "WEIJIAN_METRICS__PORT": str(port),
-    }
+    env = serve_env(
+        influx, mosquitto, data_dir, influx_db, port, WEIJIAN_INFLUX__TENANT_DATABASES="false"
+    )
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "weijian.cli", "serve", "--workers", "2"],
@@ -88,7 +65,14 @@ def test_two_workers_share_devices_and_store_every_reading_once(
     )
     pubs = []
     try:
-        wait_for(lambda: _accepted(port) >= 0 and _accepted(port + 1) >= 0, 30, "workers up")
+        wait_for(
+            lambda: (
+                metric(port, "weijian_readings_stored_total") is not None
+                and metric(port + 1, "weijian_readings_stored_total") is not None
+            ),
+            30,
+            "workers up",
+        )
         time.sleep(1.0)  # both subscribed
         base = time.time() - 300
         for i, d in enumerate(devices):
