@@ -14,7 +14,7 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 
 from collectors.metrics import Metrics
-from collectors.records import decode_record
+from collectors.records import EVENT_ROUTE, decode_record
 from collectors.spool import Spool, SpoolBatch
 from protocols.backoff import backoff_delay
 from protocols.influx.writer import BatchWriter
@@ -97,15 +97,20 @@ class Forwarder:
 
     async def _write(self, batch: SpoolBatch) -> None:
         lines: list[bytes] = []
+        events: list[bytes] = []
         by_tenant: defaultdict[str, list[bytes]] = defaultdict(list)
         for record in batch.records:
             tenant, line = decode_record(record)
+            if tenant == EVENT_ROUTE:
+                events.append(line)
+                continue
             lines.append(line)
             if self.tenant_prefix is not None and tenant:
                 by_tenant[tenant].append(line)
         # The agency database and the tenant copies are independent writes: send them together.
         await asyncio.gather(
             self._write_db(self.database, lines, copy=False),
+            *([self._write_events(events)] if events else []),
             *(
                 self._write_db(self.tenant_prefix + tenant, tenant_lines, copy=True)  # type: ignore[operator]
                 for tenant, tenant_lines in by_tenant.items()
@@ -119,6 +124,10 @@ class Forwarder:
             self.metrics.ingest.stored_copies += written
         else:
             self.metrics.ingest.stored += written
+
+    async def _write_events(self, lines: list[bytes]) -> None:
+        await self._prepare(self.database)
+        self.metrics.ingest.stored_events += await self.writer.write(self.database, lines)
 
     async def _prepare(self, database: str) -> None:
         if self.prepare_database is None or database in self._prepared:

@@ -28,6 +28,7 @@ class IngestStats:
     rejected: Tally[tuple[str, str]] = field(default_factory=Tally)  # (protocol, reason) -> inputs
     stored: int = 0  # readings written to the agency database
     stored_copies: int = 0  # tenant-database copies written
+    stored_events: int = 0  # platform events written (e.g. ingest rejections for device check)
     # device -> its last few rejections, for the onboarding check
     recent: defaultdict[str, deque[tuple[float, str, str]]] = field(
         default_factory=lambda: defaultdict(lambda: deque(maxlen=20))
@@ -152,7 +153,11 @@ class _StatsCollector(Collector):
             "weijian_tenant_copies_stored", "Tenant-database copies written."
         )
         copies.add_metric([], ing.stored_copies)
-        yield from (received, accepted, rejected, stored, copies)
+        events = CounterMetricFamily(
+            "weijian_events_stored", "Platform events (e.g. ingest rejections) written."
+        )
+        events.add_metric([], ing.stored_events)
+        yield from (received, accepted, rejected, stored, copies, events)
 
         spool = self.metrics._sources.get("spool")
         if spool is not None:

@@ -9,6 +9,7 @@ reason, so one bad value never costs the good ones in the same message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,15 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collectors.metrics import Metrics
-from collectors.records import encode_record
+from collectors.records import encode_event, encode_record
 from collectors.spool import Spool, SpoolFull
 from protocols.directory import DeviceDirectory, DeviceInfo
-from protocols.reading import Reading, ReadingValidator, Reason, Rejection
+from protocols.lineprotocol import encode_line
+from protocols.reading import IDENTIFIER, Reading, ReadingValidator, Reason, Rejection
 
 log = logging.getLogger(__name__)
 
 ReadingListener = Callable[[Reading], None]
 MAX_DEVICES_REMEMBERED = 50_000  # devices whose recent rejections are kept for the onboarding check
+REJECTION_MEASUREMENT = "ingest_rejection"
+MAX_DETAIL = 500
 
 
 @dataclass(slots=True)
@@ -121,6 +125,7 @@ class Ingestor:
             return
         self._last_logged[key] = now
         more = self._suppressed.pop(key, 0)
+        self._store_rejection(protocol, device, rejection, more)
         log.warning(
             "rejected %s input from device=%s reason=%s: %s%s",
             protocol,
@@ -131,3 +136,21 @@ class Ingestor:
         )
         if len(self._last_logged) > 100_000:  # bounded memory under a storm of distinct devices
             self._last_logged.clear()
+
+    def _store_rejection(self, protocol: str, device: str, rejection: Rejection, more: int) -> None:
+        """Spool the rejection as an event (agency database only), at the logging rate.
+
+        ``weijian device check`` reads these back, so an engineer sees why a device's data is
+        refused whichever process refused it. Never fails the caller: it is diagnostics.
+        """
+        if IDENTIFIER.fullmatch(device) is None:
+            device = "_invalid"  # the raw id is in the detail; tags stay clean
+        line = encode_line(
+            REJECTION_MEASUREMENT,
+            {"device": device, "protocol": protocol, "reason": rejection.reason.value},
+            {"detail": rejection.detail[:MAX_DETAIL], "suppressed": more},
+            int(time.time() * 1000),
+        )
+        # Spool full, closed or failing: the count and the log line still stand.
+        with contextlib.suppress(SpoolFull, RuntimeError, OSError):
+            self.spool.append([encode_event(line)])

@@ -11,9 +11,11 @@ from typing import Any
 
 import orjson
 
+from protocols.json_readings import MAX_READINGS, decode_readings
 from protocols.reading import Reason, Rejection, check_identifier
 
-MAX_READINGS = 1000
+decode_payload = decode_readings  # the MQTT payload is the shared JSON reading document
+__all__ = ["MAX_READINGS", "decode_payload"]
 TELEMETRY = "telemetry"
 
 
@@ -47,27 +49,6 @@ def parse_topic(prefix: str, topic: str) -> TopicIdentity:
         check_identifier(parts[1], "site"),
         check_identifier(parts[2], "device"),
     )
-
-
-def decode_payload(payload: bytes) -> list[Any]:
-    """The raw reading objects of one message (each still to be validated on its own)."""
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise Rejection(Reason.MALFORMED, f"payload is not JSON: {exc}") from None
-    if isinstance(doc, dict) and "readings" in doc:
-        readings = doc["readings"]
-        if not isinstance(readings, list) or not readings:
-            raise Rejection(Reason.MALFORMED, "'readings' must be a non-empty array")
-        if len(readings) > MAX_READINGS:
-            raise Rejection(
-                Reason.TOO_MANY_READINGS,
-                f"{len(readings)} readings in one message; at most {MAX_READINGS}",
-            )
-        return readings
-    if isinstance(doc, dict):
-        return [doc]
-    raise Rejection(Reason.MALFORMED, f"payload must be a JSON object, got {type(doc).__name__}")
 
 
 def encode_reading(fields: dict[str, Any], ts: str | float | None = None, **extra: Any) -> bytes:

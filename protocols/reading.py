@@ -40,6 +40,7 @@ class Reason(StrEnum):
     BAD_IDENTIFIER = "bad_identifier"
     UNKNOWN_DEVICE = "unknown_device"
     IDENTITY_MISMATCH = "identity_mismatch"  # topic/credentials say one device, payload another
+    BAD_CREDENTIALS = "bad_credentials"  # a known device presented a wrong password or key
     NO_FIELDS = "no_fields"
     UNKNOWN_QUANTITY = "unknown_quantity"
     WRONG_TYPE = "wrong_type"

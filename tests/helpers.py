@@ -133,6 +133,7 @@ def serve_env(
     return {
         **os.environ,
         "WEIJIAN_DATA_DIR": str(data_dir),
+        "WEIJIAN_DEVICES_FILE": str(data_dir / "devices.yaml"),
         "WEIJIAN_INFLUX__URL": influx.url,
         "WEIJIAN_INFLUX__USERNAME": influx.creds.username,
         "WEIJIAN_INFLUX__PASSWORD": influx.creds.password,
@@ -158,3 +159,19 @@ def metric(port: int, name: str) -> float | None:
         if line.startswith((name + " ", name + "{"))
     ]
     return sum(values) if values else None
+
+
+def connack(port: int, username: str, password: str) -> int:
+    """One MQTT v5 CONNECT; the CONNACK's reason code (no network thread: a refusal is quick)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    codes: list[int] = []
+    client.on_connect = lambda _c, _u, _f, rc, _p: codes.append(rc.value)
+    client.connect("127.0.0.1", port)
+    deadline = time.monotonic() + 5
+    while not codes and time.monotonic() < deadline:
+        client.loop(0.05)
+    client.disconnect()
+    client.loop(0.01)
+    assert codes, "no CONNACK"
+    return codes[0]

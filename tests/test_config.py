@@ -35,6 +35,25 @@ def test_production_refuses_placeholder_secrets(
         load_settings()
 
 
+@pytest.mark.parametrize(
+    "setting", ["influx.password", "influx.token", "mqtt.password", "gateway.jwt_secret"]
+)
+def test_production_refuses_each_placeholder_secret(
+    monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    monkeypatch.setenv("WEIJIAN_ENVIRONMENT", "production")
+    monkeypatch.setenv("WEIJIAN_GATEWAY__JWT_SECRET", "a-real-secret-of-enough-length-0123")
+    monkeypatch.setenv("WEIJIAN_" + setting.upper().replace(".", "__"), "please-change-me-x")
+    with pytest.raises(ValidationError, match=rf"{setting.replace('.', '[.]')} is a placeholder"):
+        load_settings()
+
+
+def test_production_requires_a_jwt_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEIJIAN_ENVIRONMENT", "production")
+    with pytest.raises(ValidationError, match="jwt_secret must be set"):
+        load_settings()
+
+
 def test_development_tolerates_them(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEIJIAN_INFLUX__TOKEN", "changeme")
     assert load_settings().influx.token is not None

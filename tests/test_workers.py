@@ -32,7 +32,11 @@ def test_each_worker_gets_its_own_identity_and_files_but_the_same_devices(tmp_pa
     assert w0.mqtt.share_group == w1.mqtt.share_group == DEFAULT_SHARE_GROUP
     assert w0.spool_dir != w1.spool_dir
     assert w0.data_dir != w1.data_dir  # dead letters apart too
-    assert w0.devices_path == w1.devices_path == base.devices_path
+    assert w0.registry_url == w1.registry_url == base.registry_url, "one registry for all"
+    assert (w0.gateway.enabled, w1.gateway.enabled) == (True, False), "one gateway"
+    assert w0.gateway.jwt_secret == w1.gateway.jwt_secret
+    fixed = worker_settings(base.model_copy(update={"devices_file": tmp_path / "d.yaml"}), 1)
+    assert fixed.devices_file == tmp_path / "d.yaml", "a fixed device list is shared too"
     assert (w0.metrics.port, w1.metrics.port) == (9500, 9501)
     assert w1.mqtt.password is not None
     assert w1.mqtt.password.get_secret_value() == "pw"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from weijian.admin_cli import add_parsers
 from weijian.config import Settings, load_settings
 
 log = logging.getLogger("weijian")
@@ -108,19 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
+    add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "handler"):
+            logging.basicConfig(level=getattr(logging, args.log_level.upper()))
+            return int(args.handler(args, _settings(args)))
         return int(args.func(args))
     except ValidationError as exc:
         print(f"weijian: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    except RuntimeError as exc:  # a clear, user-facing start-up problem (ports, servers)
+    except (RuntimeError, ValueError) as exc:  # a clear, user-facing problem (ports, servers, ids)
         print(f"weijian: {exc}", file=sys.stderr)
         return 1
 

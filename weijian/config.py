@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.settings import GatewaySettings
+
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin"}
 
 
@@ -120,6 +122,7 @@ class Settings(BaseSettings):
     writer: WriterSettings = WriterSettings()
     validation: ValidationSettings = ValidationSettings()
     metrics: MetricsSettings = MetricsSettings()
+    gateway: GatewaySettings = GatewaySettings()
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> Settings:
@@ -129,17 +132,26 @@ class Settings(BaseSettings):
             ("influx.password", self.influx.password),
             ("influx.token", self.influx.token),
             ("mqtt.password", self.mqtt.password),
+            ("gateway.jwt_secret", self.gateway.jwt_secret),
         ):
             if secret is None:
                 continue
             value = secret.get_secret_value().lower()
             if value in PLACEHOLDER_SECRETS or value.startswith("please-change-me"):
                 raise ValueError(f"{name} is a placeholder; set a real secret in production")
+        if self.gateway.enabled and self.gateway.jwt_secret is None:
+            raise ValueError(
+                "gateway.jwt_secret must be set in production (WEIJIAN_GATEWAY__JWT_SECRET)"
+            )
         return self
 
     @property
     def spool_dir(self) -> Path:
         return self.spool.directory or self.data_dir / "spool"
+
+    @property
+    def registry_url(self) -> str:
+        return self.gateway.registry_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
 
     @property
     def devices_path(self) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from collectors.forwarder import Forwarder
@@ -16,21 +17,49 @@ from collectors.metrics import Metrics
 from collectors.mqtt import MqttCollector
 from collectors.pipeline import Ingestor
 from collectors.spool import Spool
+from gateway.app import create_app
+from gateway.broker_sync import BrokerSync
+from gateway.context import GatewayContext
+from gateway.registry.database import Registry
+from gateway.registry.directory import RegistryDirectory
+from gateway.server import GatewayServer
 from protocols.catalog import default_catalog
 from protocols.directory import DeviceDirectory, StaticDirectory
 from protocols.influx.client import InfluxClient
 from protocols.influx.schema import ensure_schema
 from protocols.influx.writer import BatchWriter, FileDeadLetter
+from protocols.mosquitto_auth import DeviceAccess
 from protocols.reading import ReadingValidator
 from weijian.config import Settings
+from weijian.secrets import jwt_secret
 
 log = logging.getLogger(__name__)
 
 
 class Platform:
-    def __init__(self, settings: Settings, directory: DeviceDirectory | None = None) -> None:
+    """``directory=None``: devices come from the registry, and the gateway serves its API.
+
+    ``broker_apply`` receives the registry's MQTT device entries whenever they change (the
+    embedded stack installs them in its own Mosquitto); without it, production settings name the
+    broker's shared auth files (``gateway.broker_passwd_file``/``broker_acl_file``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        directory: DeviceDirectory | None = None,
+        *,
+        broker_apply: Callable[[list[DeviceAccess]], None] | None = None,
+    ) -> None:
         self.settings = settings
-        self.directory = directory or StaticDirectory(path=settings.devices_path)
+        if directory is None and settings.devices_file is not None:
+            directory = StaticDirectory(path=settings.devices_file)  # a fixed list, no registry
+        self.directory: DeviceDirectory | None = directory
+        self.registry: Registry | None = None
+        self.gateway: GatewayServer | None = None
+        self.gateway_ctx: GatewayContext | None = None
+        self.broker_sync: BrokerSync | None = None
+        self._broker_apply = broker_apply
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -82,6 +111,9 @@ class Platform:
                 max_past_s=s.validation.max_past_s,
                 max_future_s=s.validation.max_future_s,
             )
+            if self.directory is None:
+                await self._open_registry()
+            assert self.directory is not None
             self.ingestor = Ingestor(self.directory, validator, self.spool, self.metrics)
             self.mqtt = MqttCollector(s.mqtt, self.ingestor)
             await self.mqtt.__aenter__()
@@ -94,6 +126,8 @@ class Platform:
                         "set WEIJIAN_METRICS__PORT to a free port, or 0 to turn metrics off"
                     ) from exc
                 log.info("metrics at http://%s:%s/metrics", s.metrics.host, self.metrics_port)
+            if self.registry is not None and s.gateway.enabled:
+                await self._start_gateway()
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         except BaseException:
             await self.aclose()
@@ -103,8 +137,74 @@ class Platform:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def _open_registry(self) -> None:
+        s = self.settings
+        self.registry = await asyncio.to_thread(Registry.open, s.registry_url)
+        self._stack.callback(self.registry.close)
+        directory = RegistryDirectory(self.registry)
+        await asyncio.to_thread(directory.refresh)
+        self.directory = directory
+        log.info(
+            "device registry %s: %d active device(s)", _safe_url(s.registry_url), len(directory)
+        )
+        apply = self._broker_apply
+        g = s.gateway
+        if apply is not None:
+            self.broker_sync = BrokerSync(self.registry, s.mqtt.topic_prefix, apply)
+        elif g.broker_passwd_file is not None and g.broker_acl_file is not None:
+            self.broker_sync = BrokerSync.to_files(
+                self.registry,
+                s.mqtt.topic_prefix,
+                g.broker_passwd_file,
+                g.broker_acl_file,
+                g.broker_pidfile,
+            )
+        if self.broker_sync is not None:
+            await asyncio.to_thread(self.broker_sync)
+        self._tasks.append(asyncio.create_task(self._follow_registry(), name="registry"))
+
+    async def _follow_registry(self) -> None:
+        """Other processes (another worker, the CLI) change the registry too: poll its revision,
+        and bring the broker's accounts along when devices changed."""
+        assert isinstance(self.directory, RegistryDirectory)
+        directory = self.directory
+        while True:
+            await asyncio.sleep(self.settings.gateway.directory_poll_s)
+            try:
+                before = directory.revision
+                await asyncio.to_thread(directory.refresh)
+                if directory.revision != before and self.broker_sync is not None:
+                    await asyncio.to_thread(self.broker_sync)
+            except Exception:
+                log.exception("registry refresh failed; keeping the previous devices")
+
+    async def _start_gateway(self) -> None:
+        assert self.registry is not None
+        s = self.settings
+        ctx = GatewayContext(
+            registry=self.registry,
+            settings=s.gateway,
+            jwt_secret=jwt_secret(s),
+            directory=self.directory if isinstance(self.directory, RegistryDirectory) else None,
+            ingestor=self.ingestor,
+            influx=self.influx,
+            influx_database=s.influx.database,
+            mqtt_topic_prefix=s.mqtt.topic_prefix,
+        )
+        if self.broker_sync is not None:
+            ctx.device_listeners.append(self.broker_sync)
+        self.gateway_ctx = ctx
+        self.gateway = GatewayServer(create_app(ctx), s.gateway.host, s.gateway.port)
+        port = await self.gateway.start()
+        log.info("gateway at http://%s:%s (API docs at /docs)", s.gateway.host, port)
+
     async def aclose(self) -> None:
-        # Collectors first (acks for what is spooled), then give the forwarder a moment to drain.
+        # Stop taking HTTP readings, then collectors (acks for what is spooled), then give the
+        # forwarder a moment to drain.
+        if self.gateway is not None:
+            with contextlib.suppress(Exception):
+                await self.gateway.stop()
+            self.gateway = None
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 await self.mqtt.__aexit__(None, None, None)
@@ -162,7 +262,7 @@ class Platform:
             await asyncio.sleep(1.0)
             elapsed += 1.0
             refresh = getattr(self.directory, "refresh", None)
-            if refresh is not None:
+            if refresh is not None and not isinstance(self.directory, RegistryDirectory):
                 try:
                     refresh()
                 except (OSError, ValueError) as exc:
@@ -170,3 +270,11 @@ class Platform:
             if elapsed >= interval:
                 elapsed = 0.0
                 self.metrics.log_summary()
+
+
+def _safe_url(url: str) -> str:
+    """The registry URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from weijian.config import Settings
+from weijian.secrets import jwt_secret
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,12 @@ def worker_settings(settings: Settings, index: int) -> Settings:
             if secret is not None:
                 data[section][key] = secret.get_secret_value()
     data["data_dir"] = Path(settings.data_dir) / f"worker-{index}"
-    data["devices_file"] = settings.devices_path
+    if settings.devices_file is not None:
+        data["devices_file"] = settings.devices_file
+    # One registry for all workers; one gateway (worker 0), signing with the parent's key.
+    data["gateway"]["registry_url"] = settings.registry_url
+    data["gateway"]["jwt_secret"] = jwt_secret(settings)
+    data["gateway"]["enabled"] = settings.gateway.enabled and index == 0
     data["spool"]["directory"] = settings.spool_dir / f"worker-{index}"
     data["mqtt"]["client_id"] = f"{settings.mqtt.client_id}-w{index}"
     data["mqtt"]["share_group"] = settings.mqtt.share_group or DEFAULT_SHARE_GROUP
