@@ -22,6 +22,11 @@ Delivery semantics, per device (``DeviceStats``):
   by paho (its offline queue of ``offline_queue`` messages is full);
 * ``in_flight`` = published − acked − failed. While the broker is away the device keeps measuring;
   paho holds the messages and (re)sends them after reconnecting, QoS 1 with DUP set.
+
+Faults (``simulators/faults.py``) sit between the signal and this transport: a signal with an
+``emit(t)`` method says per tick what to send — ``(timestamp, values)`` (the timestamp differs from
+``t`` under clock skew), ``None`` (nothing: counted in ``suppressed``, no seq used) or a
+``Malformed`` marker, published at once as its JSON rendering (counted in ``malformed``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from protocols.backoff import backoff_delay
 from protocols.mqtt_telemetry import MAX_READINGS
 from protocols.mqtt_telemetry import telemetry_topic as shared_telemetry_topic
+from simulators.faults import Malformed
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +64,13 @@ MAX_BATCH = MAX_READINGS
 class Signal(Protocol):
     """Anything that can say what the instrument reads at time ``t``."""
 
-    def sample(self, t: datetime) -> Mapping[str, float]: ...
+    def sample(self, t: datetime) -> Mapping[str, Any]: ...
+
+
+class Emitter(Protocol):
+    """A signal with faults applied (``simulators.faults.FaultedSignal``): what goes on the wire."""
+
+    def emit(self, t: datetime) -> tuple[datetime, Mapping[str, Any]] | Malformed | None: ...
 
 
 def telemetry_topic(tenant: str, site: str, device: str) -> str:
@@ -107,7 +119,7 @@ class SimulatedMqttDevice:
     username: str
     password: str
     interval_s: float
-    signal: Signal
+    signal: Signal | Emitter
     topic_override: str | None = None
 
     def __post_init__(self) -> None:
@@ -137,6 +149,8 @@ class DeviceStats:
     disconnects: int = 0
     connect_errors: int = 0
     refused: int = 0
+    suppressed: int = 0  # ticks a fault kept silent (dropout, intermittent link)
+    malformed: int = 0  # malformed messages published on purpose
     acked_seqs: array[int] = field(default_factory=lambda: array("q"))
 
     @property
@@ -216,6 +230,10 @@ class _DeviceRunner:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._connect_handle: asyncio.TimerHandle | None = None
         self._timeout_handle: asyncio.TimerHandle | None = None
+        self._emit: Callable[[datetime], Any] | None = getattr(spec.signal, "emit", None)
+        self._sample: Callable[[datetime], Mapping[str, Any]] | None = (
+            None if self._emit is not None else spec.signal.sample  # type: ignore[union-attr]
+        )
         self.connect_task: asyncio.Task[None] | None = None
         client = _Client(CallbackAPIVersion.VERSION2, client_id=spec.device, protocol=mqtt.MQTTv5)
         client.username_pw_set(spec.username, spec.password)
@@ -361,9 +379,12 @@ class _DeviceRunner:
         self._tick_handle = None
         fleet = self.fleet
         t = fleet.time_source()
-        self._seq += 1
-        self._batch.append(make_reading(t, self.spec.signal.sample(t), self._seq))
-        self.stats.generated += 1
+        if self._sample is not None:
+            self._seq += 1
+            self._batch.append(make_reading(t, self._sample(t), self._seq))
+            self.stats.generated += 1
+        else:
+            self._emit_faulted(t)
         if len(self._batch) >= fleet.batch_size:
             self._publish_batch()
         if fleet.max_messages is not None and self._messages >= fleet.max_messages:
@@ -379,15 +400,32 @@ class _DeviceRunner:
         jitter = (fleet.rng.random() * 2.0 - 1.0) * fleet.jitter * interval
         self._tick_handle = fleet.loop.call_at(self._due + jitter, self._tick)
 
+    def _emit_faulted(self, t: datetime) -> None:
+        assert self._emit is not None
+        out = self._emit(t)
+        if out is None:
+            self.stats.suppressed += 1
+        elif isinstance(out, Malformed):
+            self.stats.malformed += 1
+            self._publish(out.json_payload(), [])
+        else:
+            stamp, values = out
+            self._seq += 1
+            self._batch.append(make_reading(stamp, values, self._seq))
+            self.stats.generated += 1
+
     def _publish_batch(self) -> None:
         readings, self._batch = self._batch, []
         payload = encode_readings(readings, batch=self.fleet.batch_size > 1)
+        self._publish(payload, [r["seq"] for r in readings])
+
+    def _publish(self, payload: bytes, seqs: list[int]) -> None:
         info = self.client.publish(self.topic, payload, qos=1)
         self._messages += 1
         if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             self.stats.published += 1
             self.fleet._totals[0] += 1
-            self._inflight[info.mid] = [r["seq"] for r in readings]
+            self._inflight[info.mid] = seqs
         else:  # paho's offline queue is full
             self.stats.failed += 1
             self.fleet._totals[2] += 1

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from simulators.cli import add_simulate_parser
 from weijian.admin_cli import add_parsers
 from weijian.config import Settings, load_settings
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
     add_parsers(sub)
+    add_simulate_parser(sub)
     return parser
 
 
@@ -118,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "handler"):
             logging.basicConfig(level=getattr(logging, args.log_level.upper()))
+            logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations are not news
             return int(args.handler(args, _settings(args)))
         return int(args.func(args))
     except ValidationError as exc:

@@ -102,6 +102,33 @@ class MetricsSettings(_Section):
     log_interval_s: float = 60.0
 
 
+class Hj212Settings(_Section):
+    """The HJ 212-2017 station server (stations connect to it over TCP)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9212, ge=0, le=65535, description="0: any free port.")
+    max_connections: int = Field(default=5000, gt=0)
+    idle_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class CoapSettings(_Section):
+    """The CoAP telemetry resource (constrained devices POST to coap://host:port/t)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=5683, ge=0, le=65535, description="0: any free port.")
+    max_payload_bytes: int = Field(default=64 * 1024, gt=0)
+
+
+class ModbusPollSettings(_Section):
+    """The Modbus poller (the registry's modbus_* devices)."""
+
+    enabled: bool = True
+    refresh_s: float = Field(default=5.0, gt=0, description="How often the device list is re-read.")
+    max_concurrency: int = Field(default=512, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything a Weijian process needs; the defaults are the embedded single-machine setup."""
 
@@ -123,6 +150,9 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     metrics: MetricsSettings = MetricsSettings()
     gateway: GatewaySettings = GatewaySettings()
+    hj212: Hj212Settings = Hj212Settings()
+    coap: CoapSettings = CoapSettings()
+    modbus: ModbusPollSettings = ModbusPollSettings()
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> Settings:

@@ -2,7 +2,8 @@
 
 Mosquitto and InfluxDB run from the OS packages on loopback with their data under ``data_dir``;
 their ports are chosen on the first run and kept in ``stack.json``, so a second run finds its data
-where it left it. The scenario's devices are onboarded (directory entry and broker account) first.
+where it left it. The platform runs with its registry and gateway; the scenario's devices are
+onboarded through the gateway's API (as an engineer would) and then driven over their protocols.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -18,9 +21,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
-from protocols.directory import DeviceInfo, StaticDirectory
+from gateway.registry.database import Registry
+from gateway.registry.models import User
+from gateway.security import Passwords, create_user
 from protocols.influx.client import InfluxClient
-from simulators.scenario import build_fleet, directory_entries, load_scenario
+from simulators.runner import run_scenario
+from simulators.scenario import load_scenario
 from weijian.config import Settings
 from weijian.livetable import fetch_latest, render
 from weijian.platform import Platform
@@ -38,7 +44,15 @@ def _ports(data_dir: Path, wanted_metrics: int) -> dict[str, int]:
     with contextlib.suppress(OSError, ValueError):
         saved = {k: int(v) for k, v in json.loads(path.read_text()).items() if k.endswith("_port")}
     ports: dict[str, int] = {}
-    for name, default in (("influx_port", 0), ("mqtt_port", 0), ("metrics_port", wanted_metrics)):
+    wanted = (
+        ("influx_port", 0),
+        ("mqtt_port", 0),
+        ("metrics_port", wanted_metrics),
+        ("gateway_port", 8080),
+        ("hj212_port", 9212),
+        ("coap_port", 5683),
+    )
+    for name, default in wanted:
         port = saved.get(name) or default
         if not port or port_open("127.0.0.1", port):
             port = free_port()
@@ -51,9 +65,9 @@ def _with_local_servers(settings: Settings, **sections: object) -> Settings:
     data = settings.model_dump()
     for name, value in sections.items():
         data[name] = {**data[name], **value} if isinstance(value, dict) else value
-    for section in ("influx", "mqtt"):
+    for section in ("influx", "mqtt", "gateway"):
         given = sections.get(section, {})
-        for key in ("password", "token"):
+        for key in ("password", "token", "jwt_secret"):
             secret = getattr(getattr(settings, section), key, None)
             if isinstance(given, dict) and key not in given and secret is not None:
                 data[section][key] = secret.get_secret_value()
@@ -80,20 +94,10 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
             creds = await asyncio.to_thread(influx.start)
         console.print(f"[green]✓[/] InfluxDB {influx.url}  (data in {influx.root})")
 
-        directory = StaticDirectory(path=data_dir / "devices.yaml")
-        for row in directory_entries(scenario):
-            directory.add(DeviceInfo(**row))
-            broker.allow_device(row["device"], row["tenant"], row["site"])
-        for info in directory:  # devices added by hand keep their accounts too
-            broker.allow_device(info.device, info.tenant, info.site)
-        directory.save(data_dir / "devices.yaml")
         collector = broker.ensure_account(LocalMosquitto.COLLECTOR_USER)
         with console.status("starting Mosquitto …"):
             await asyncio.to_thread(broker.start)
-        console.print(
-            f"[green]✓[/] Mosquitto mqtt://127.0.0.1:{broker.port}  "
-            f"({len(directory)} device accounts)"
-        )
+        console.print(f"[green]✓[/] Mosquitto mqtt://127.0.0.1:{broker.port}")
         (data_dir / "stack.json").write_text(
             json.dumps({**ports, "influx_url": influx.url, "mqtt_host": "127.0.0.1"}, indent=1)
             + "\n"
@@ -110,29 +114,57 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
                 "password": collector.password,
             },
             metrics={"port": ports["metrics_port"]},
+            gateway={"port": ports["gateway_port"], "public_mqtt_port": broker.port},
+            hj212={"port": ports["hj212_port"]},
+            coap={"port": ports["coap_port"]},
         )
-        async with Platform(settings, directory) as platform:
+
+        def install_accounts(entries: list) -> None:  # type: ignore[type-arg]
+            broker.set_devices(entries)
+            broker.reload()
+
+        async with Platform(settings, broker_apply=install_accounts) as platform:
             await asyncio.wait_for(platform.mqtt.connected.wait(), 30)
+            assert platform.registry is not None
+            assert platform.gateway is not None
+            password = await asyncio.to_thread(demo_admin, platform.registry, data_dir)
+            url = f"http://127.0.0.1:{platform.gateway.port}"
             console.print(
-                f"[green]✓[/] platform: MQTT collector connected, metrics "
+                f"[green]✓[/] platform: gateway {url} (API docs {url}/docs; user admin, password "
+                f"in {data_dir / 'admin.credentials'}), metrics "
                 f"http://127.0.0.1:{platform.metrics_port}/metrics"
             )
-            fleet = build_fleet(
-                scenario, lambda d, t, s: broker.allow_device(d, t, s), port=broker.port
-            )
-            async with fleet:
-                console.print(
-                    f"[green]✓[/] {len(scenario.devices)} simulated devices of scenario "
-                    f"'{scenario.name}' publishing; Ctrl-C stops\n"
+            stop_devices = asyncio.Event()
+            with (data_dir / "simulator.log").open("a", encoding="utf-8") as sim_log:
+                simulation = asyncio.create_task(
+                    run_scenario(
+                        scenario,
+                        gateway_url=url,
+                        username="admin",
+                        password=password,
+                        mqtt_port=broker.port,
+                        **_endpoints(platform),
+                        ground_truth_path=data_dir / "truth" / f"{scenario.name}.jsonl",
+                        out=sim_log,
+                        stop=stop_devices,
+                    ),
+                    name="simulator",
                 )
-                await _show(console, platform, scenario, stop, args)
-            rates = fleet.rates()
-        console.print(
-            f"\nstopped cleanly: {platform.metrics.ingest.stored} readings stored this run "
-            f"({rates.acked_readings_per_s:.2f}/s acknowledged vs "
-            f"{rates.intended_readings_per_s:.2f}/s intended). Data kept in {data_dir}; "
-            "run again to continue."
-        )
+                console.print(
+                    f"[green]✓[/] scenario '{scenario.name}': {len(scenario.devices)} simulated "
+                    "devices onboarded through the gateway and reporting; Ctrl-C stops. "
+                    "Try: weijian device check <device>\n"
+                )
+                try:
+                    await _show(console, platform, scenario, stop, args, simulation)
+                finally:
+                    stop_devices.set()
+                    report = await simulation
+            rates = "; ".join(r.line() for r in report.rates)
+            console.print(
+                f"\nstopped cleanly: {platform.metrics.ingest.stored} readings stored this run "
+                f"({rates}). Data kept in {data_dir}; run again to continue."
+            )
         return 0
     except StackError as exc:
         console.print(f"[red]✗ {exc}[/]")
@@ -148,12 +180,12 @@ async def _show(
     scenario,
     stop: asyncio.Event,  # type: ignore[no-untyped-def]
     args: argparse.Namespace,
+    simulation: asyncio.Task,  # type: ignore[type-arg]
 ) -> None:
     s = platform.settings
     kinds = {d.kind for d in scenario.devices}
     names = {site.id: site.name for site in scenario.sites}
     deadline = time.monotonic() + args.duration if args.duration else None
-    devices = list(platform.directory)  # type: ignore[call-overload]
     async with InfluxClient.from_settings(s.influx) as client:
 
         async def table():  # type: ignore[no-untyped-def]
@@ -162,16 +194,58 @@ async def _show(
             except Exception as exc:  # InfluxDB restarting: show the last state, say why
                 console.log(f"cannot read InfluxDB: {exc}")
                 latest = {}
+            devices = list(platform.directory)  # type: ignore[call-overload]
             return render(devices, latest, platform.metrics.summary(), names)
 
         if args.no_table:
-            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            while not _done(stop, deadline, simulation):
                 platform.metrics.log_summary()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 10)
             return
         with Live(await table(), console=console, refresh_per_second=1) as live:
-            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            while not _done(stop, deadline, simulation):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), REFRESH_S)
                 live.update(await table())
+
+
+def _endpoints(platform: Platform) -> dict[str, int]:
+    """Where the simulator's HJ 212 and CoAP devices connect (when those collectors run)."""
+    ends = {}
+    if platform.hj212 is not None:
+        ends["hj212_port"] = platform.hj212.port
+    if platform.coap is not None:
+        ends["coap_port"] = platform.coap.port
+    return ends
+
+
+def _done(stop: asyncio.Event, deadline: float | None, simulation: asyncio.Task) -> bool:  # type: ignore[type-arg]
+    if simulation.done():  # onboarding refused, or the devices stopped: say why, stop
+        return True
+    return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
+
+
+def demo_admin(registry: Registry, data_dir: Path) -> str:
+    """The demo's admin account: its password lives in ``admin.credentials`` (mode 0600)."""
+    path = data_dir / "admin.credentials"
+    with contextlib.suppress(OSError, ValueError):
+        user, password = path.read_text().strip().split(":", 1)
+        if user == "admin":
+            with registry.session() as session:
+                row = session.query(User).filter_by(username="admin").one_or_none()
+                if row is not None and Passwords().verify(row.password_hash, password):
+                    return password
+    password = secrets.token_urlsafe(16)
+    with registry.session() as session, session.begin():
+        row = session.query(User).filter_by(username="admin").one_or_none()
+        if row is None:
+            create_user(session, "admin", password, "admin", actor="weijian run")
+        else:  # the file was lost or edited: a fresh password for the local admin
+            row.password_hash = Passwords().hash(password)
+            row.active = True
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"admin:{password}\n")
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
+    return password

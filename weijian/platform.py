@@ -11,15 +11,22 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from collectors.coap import CoapCollector
 from collectors.forwarder import Forwarder
+from collectors.hj212 import Hj212Collector
 from collectors.metrics import Metrics
+from collectors.modbus import ModbusCollector
 from collectors.mqtt import MqttCollector
 from collectors.pipeline import Ingestor
 from collectors.spool import Spool
 from gateway.app import create_app
 from gateway.broker_sync import BrokerSync
 from gateway.context import GatewayContext
+from gateway.device_keys import DeviceKeys
+from gateway.hj212_stations import StationIndex
+from gateway.modbus_targets import modbus_targets
 from gateway.registry.database import Registry
 from gateway.registry.directory import RegistryDirectory
 from gateway.server import GatewayServer
@@ -60,6 +67,12 @@ class Platform:
         self.gateway_ctx: GatewayContext | None = None
         self.broker_sync: BrokerSync | None = None
         self._broker_apply = broker_apply
+        self.device_keys: DeviceKeys | None = None
+        self.stations: StationIndex | None = None
+        self.hj212: Hj212Collector | None = None
+        self.coap: CoapCollector | None = None
+        self.modbus: ModbusCollector | None = None
+        self._field_collectors: list[Any] = []
         self.metrics = Metrics()
         self.metrics_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -126,6 +139,8 @@ class Platform:
                         "set WEIJIAN_METRICS__PORT to a free port, or 0 to turn metrics off"
                     ) from exc
                 log.info("metrics at http://%s:%s/metrics", s.metrics.host, self.metrics_port)
+            if self.registry is not None:
+                await self._start_field_collectors()
             if self.registry is not None and s.gateway.enabled:
                 await self._start_gateway()
             self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -163,6 +178,68 @@ class Platform:
             await asyncio.to_thread(self.broker_sync)
         self._tasks.append(asyncio.create_task(self._follow_registry(), name="registry"))
 
+    async def _start_field_collectors(self) -> None:
+        """HJ 212, CoAP and Modbus: their devices and secrets come from the registry."""
+        assert self.registry is not None
+        assert self.ingestor is not None
+        assert isinstance(self.directory, RegistryDirectory)
+        s = self.settings
+        directory = self.directory
+        registry = self.registry
+
+        def revision() -> int:
+            return directory.revision
+
+        self.device_keys = DeviceKeys(registry, revision)
+        if s.hj212.enabled:
+            self.stations = StationIndex(registry, revision)
+            await asyncio.to_thread(self.stations.refresh)
+            self.hj212 = Hj212Collector(
+                self.ingestor,
+                self.stations,
+                host=s.hj212.host,
+                port=s.hj212.port,
+                max_connections=s.hj212.max_connections,
+                idle_timeout_s=s.hj212.idle_timeout_s,
+                metrics=self.metrics,
+            )
+            await self._enter_collector(self.hj212, f"HJ 212 on tcp {s.hj212.host}")
+        if s.coap.enabled:
+            keys = self.device_keys
+            self.coap = CoapCollector(
+                self.ingestor,
+                lambda token: keys.device_for(token, "coap_token"),
+                host=s.coap.host,
+                port=s.coap.port,
+                max_payload=s.coap.max_payload_bytes,
+                metrics=self.metrics,
+            )
+            await self._enter_collector(self.coap, f"CoAP on udp {s.coap.host}")
+        if s.modbus.enabled:
+
+            async def targets() -> list[Any]:
+                return await asyncio.to_thread(modbus_targets, registry)
+
+            self.modbus = ModbusCollector(
+                self.ingestor,
+                targets,
+                refresh_s=s.modbus.refresh_s,
+                max_concurrency=s.modbus.max_concurrency,
+                metrics=self.metrics,
+            )
+            await self._enter_collector(self.modbus, "Modbus poller")
+
+    async def _enter_collector(self, collector: Any, what: str) -> None:
+        try:
+            await collector.__aenter__()
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot start the {what} ({exc}); change its port in settings"
+            ) from exc
+        self._field_collectors.append(collector)
+        port = getattr(collector, "port", None)
+        log.info("%s%s started", what, f":{port}" if port else "")
+
     async def _follow_registry(self) -> None:
         """Other processes (another worker, the CLI) change the registry too: poll its revision,
         and bring the broker's accounts along when devices changed."""
@@ -173,8 +250,11 @@ class Platform:
             try:
                 before = directory.revision
                 await asyncio.to_thread(directory.refresh)
-                if directory.revision != before and self.broker_sync is not None:
-                    await asyncio.to_thread(self.broker_sync)
+                if directory.revision != before:
+                    if self.broker_sync is not None:
+                        await asyncio.to_thread(self.broker_sync)
+                    if self.stations is not None:
+                        await asyncio.to_thread(self.stations.refresh)
             except Exception:
                 log.exception("registry refresh failed; keeping the previous devices")
 
@@ -188,6 +268,7 @@ class Platform:
             directory=self.directory if isinstance(self.directory, RegistryDirectory) else None,
             ingestor=self.ingestor,
             influx=self.influx,
+            device_keys=self.device_keys,
             influx_database=s.influx.database,
             mqtt_topic_prefix=s.mqtt.topic_prefix,
         )
@@ -205,6 +286,10 @@ class Platform:
             with contextlib.suppress(Exception):
                 await self.gateway.stop()
             self.gateway = None
+        for collector in reversed(self._field_collectors):
+            with contextlib.suppress(Exception):
+                await collector.__aexit__(None, None, None)
+        self._field_collectors.clear()
         if self.mqtt is not None:
             with contextlib.suppress(Exception):
                 await self.mqtt.__aexit__(None, None, None)

@@ -42,6 +42,9 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     data["gateway"]["registry_url"] = settings.registry_url
     data["gateway"]["jwt_secret"] = jwt_secret(settings)
     data["gateway"]["enabled"] = settings.gateway.enabled and index == 0
+    # Listeners on fixed ports and the Modbus poller run once, in worker 0 (no duplicate polls).
+    for section in ("hj212", "coap", "modbus"):
+        data[section]["enabled"] = getattr(settings, section).enabled and index == 0
     data["spool"]["directory"] = settings.spool_dir / f"worker-{index}"
     data["mqtt"]["client_id"] = f"{settings.mqtt.client_id}-w{index}"
     data["mqtt"]["share_group"] = settings.mqtt.share_group or DEFAULT_SHARE_GROUP
