@@ -44,6 +44,9 @@ async def stack(
     data["mqtt"]["password"] = collector.password
     data["devices_file"] = None  # the registry, not a fixed list
     data["gateway"] = {"port": free_port(), "directory_poll_s": 0.2}
+    data["hj212"] = {"port": 0}
+    data["coap"] = {"port": 0}
+    data["modbus"] = {"refresh_s": 0.5}
     settings = Settings.model_validate(data)
 
     def apply(entries: list) -> None:
@@ -232,3 +235,92 @@ def _try_publisher(port: int, user: str, password: str) -> Publisher | None:
 
 def _connects(port: int, user: str, password: str) -> bool:
     return connack(port, user, password) == 0
+
+
+ALL_PROTOCOLS = """
+name: every-protocol
+seed: 7
+tenants:
+  - {id: water-co, name: Water Co}
+  - {id: hospital, name: Hospital}
+sites:
+  - {id: plant, tenant: water-co, name: Plant, region: "330110", venue_type: water_plant_outlet,
+     lat: 30.42, lon: 120.30}
+  - {id: pool, tenant: water-co, name: Pool, region: "330108", venue_type: pool,
+     lat: 30.23, lon: 120.23}
+  - {id: xray, tenant: hospital, name: X-ray, region: "330104", venue_type: xray_room,
+     lat: 30.26, lon: 120.19}
+  - {id: cssd, tenant: hospital, name: CSSD, region: "330104", venue_type: cssd,
+     lat: 30.26, lon: 120.19}
+devices:
+  - {id: probe-1, kind: water_probe, site: plant, interval_s: 1}
+  - {id: pool-1, kind: pool_monitor, site: pool, interval_s: 1}
+  - {id: station-1, kind: water_station, site: plant, interval_s: 1}
+  - {id: dose-1, kind: dose_rate_monitor, site: xray, interval_s: 1,
+     params: {room: {modality: ct}}}
+  - {id: badge-1, kind: dosimeter, site: xray, interval_s: 1,
+     params: {room: {modality: ct}}}
+  - {id: steri-1, kind: sterilizer, site: cssd, interval_s: 1}
+"""
+
+
+async def test_every_protocol_onboards_through_the_registry_and_stores(
+    stack: tuple[Platform, LocalMosquitto, httpx.AsyncClient],
+    influx: InfluxServer,
+    influx_db: str,
+    tmp_path: Path,
+) -> None:
+    """Modbus (polled), HJ 212, CoAP and MQTT devices: registered through the gateway by the
+    simulator, their secrets issued by the registry, their readings stored."""
+    from simulators.runner import run_scenario
+
+    platform, broker, _client = stack
+    scenario = tmp_path / "every-protocol.yaml"
+    scenario.write_text(ALL_PROTOCOLS)
+    assert platform.hj212 is not None
+    assert platform.coap is not None
+    assert platform.modbus is not None
+    stop = asyncio.Event()
+    run = asyncio.create_task(
+        run_scenario(
+            scenario,
+            gateway_url=f"http://127.0.0.1:{platform.gateway.port}",
+            username="eng",
+            password="s3cret-pass",
+            mqtt_port=broker.port,
+            hj212_port=platform.hj212.port,
+            coap_port=platform.coap.port,
+            modbus_bind="127.0.0.1",
+            ground_truth_path=tmp_path / "truth.jsonl",
+            report_every_s=3600,
+            stop=stop,
+        )
+    )
+    kinds = {
+        "water_probe": "probe-1",
+        "pool_monitor": "pool-1",
+        "water_station": "station-1",
+        "dose_rate_monitor": "dose-1",
+        "dosimeter": "badge-1",
+        "sterilizer": "steri-1",
+    }
+
+    async def all_stored() -> bool:
+        if run.done():
+            run.result()  # raise what went wrong
+        for kind, device in kinds.items():
+            result = await asyncio.to_thread(
+                influx.query,
+                f"SELECT count(*) FROM \"{kind}\" WHERE device = '{device}'",
+                influx_db,
+            )
+            if not result["results"][0].get("series"):
+                return False
+        return True
+
+    try:
+        await _eventually(all_stored, 45, "not every protocol's device was stored")
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 30)
+    assert platform.metrics.ingest.rejected == {}, "healthy simulated devices: nothing refused"

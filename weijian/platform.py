@@ -242,21 +242,26 @@ class Platform:
 
     async def _follow_registry(self) -> None:
         """Other processes (another worker, the CLI) change the registry too: poll its revision,
-        and bring the broker's accounts along when devices changed."""
+        and bring the broker's accounts and the station index along when it moved."""
         assert isinstance(self.directory, RegistryDirectory)
         directory = self.directory
+        seen = directory.revision
         while True:
             await asyncio.sleep(self.settings.gateway.directory_poll_s)
             try:
-                before = directory.revision
                 await asyncio.to_thread(directory.refresh)
-                if directory.revision != before:
-                    if self.broker_sync is not None:
-                        await asyncio.to_thread(self.broker_sync)
-                    if self.stations is not None:
-                        await asyncio.to_thread(self.stations.refresh)
+                if directory.revision != seen:
+                    seen = directory.revision
+                    await asyncio.to_thread(self._registry_changed)
             except Exception:
                 log.exception("registry refresh failed; keeping the previous devices")
+
+    def _registry_changed(self) -> None:
+        """Bring what follows the registry up to date (each part skips work when unchanged)."""
+        if self.broker_sync is not None:
+            self.broker_sync()
+        if self.stations is not None:
+            self.stations.refresh()
 
     async def _start_gateway(self) -> None:
         assert self.registry is not None
@@ -272,8 +277,7 @@ class Platform:
             influx_database=s.influx.database,
             mqtt_topic_prefix=s.mqtt.topic_prefix,
         )
-        if self.broker_sync is not None:
-            ctx.device_listeners.append(self.broker_sync)
+        ctx.device_listeners.append(self._registry_changed)
         self.gateway_ctx = ctx
         self.gateway = GatewayServer(create_app(ctx), s.gateway.host, s.gateway.port)
         port = await self.gateway.start()
