@@ -192,3 +192,47 @@ class _StatsCollector(Collector):
                 c = CounterMetricFamily(f"weijian_influx_{name}", help_text)
                 c.add_metric([], getattr(writer, name, 0))
                 yield c
+        hj = self.metrics._sources.get("hj212")
+        if hj is not None:
+            yield from _hj212_families(hj)
+        coap = self.metrics._sources.get("coap")
+        if coap is not None:
+            yield from _coap_families(coap)
+
+
+def _hj212_families(hj: Any) -> Iterator[Any]:
+    """The HJ 212 station server: connections, packets by command, errors by reason, replies."""
+    g = GaugeMetricFamily("weijian_hj212_connections", "Open HJ 212 station connections.")
+    g.add_metric([], hj.connections_open)
+    yield g
+    c = CounterMetricFamily(
+        "weijian_hj212_packets", "HJ 212 packets handled, by CN.", labels=["cn"]
+    )
+    for cn, n in hj.commands.items():
+        c.add_metric([str(cn)], n)
+    yield c
+    e = CounterMetricFamily(
+        "weijian_hj212_errors", "HJ 212 input refused, by reason.", labels=["reason"]
+    )
+    for reason, n in hj.errors.items():
+        e.add_metric([str(reason)], n)
+    yield e
+    r = CounterMetricFamily("weijian_hj212_replies", "HJ 212 replies sent once durable.")
+    r.add_metric([], hj.replies_sent)
+    yield r
+
+
+def _coap_families(coap: Any) -> Iterator[Any]:
+    """The CoAP resource: responses by code, separate (after-durable) responses, auth errors."""
+    c = CounterMetricFamily("weijian_coap_responses", "CoAP responses by code.", labels=["code"])
+    for code, n in coap.responses.items():
+        c.add_metric([str(code)], n)
+    yield c
+    for name, help_text in (
+        ("separate_responses", "CoAP responses sent separately (after the data was durable)."),
+        ("auth_errors", "CoAP requests refused for a missing or bad token."),
+        ("non_confirmable", "Non-confirmable CoAP requests."),
+    ):
+        m = CounterMetricFamily(f"weijian_coap_{name}", help_text)
+        m.add_metric([], getattr(coap, name))
+        yield m

@@ -107,8 +107,7 @@ async def _influx_facts(report: CheckReport, influx: Any, database: str, now: fl
     dev = report.device
     if report.kind is not None:
         results = await influx.query(
-            f"SELECT * FROM \"{report.kind}\" WHERE \"device\" = '{dev}' "
-            "ORDER BY time DESC LIMIT 1",
+            f'SELECT * FROM "{report.kind}" WHERE "device" = \'{dev}\' ORDER BY time DESC LIMIT 1',
             db=database,
         )
         series = results[0].get("series") if results else None
@@ -121,7 +120,7 @@ async def _influx_facts(report: CheckReport, influx: Any, database: str, now: fl
             skip = {"device", "tenant", "site", "region"}
             report.last_fields = {k: v for k, v in point.items() if v is not None and k not in skip}
     results = await influx.query(
-        f"SELECT * FROM \"{REJECTION_MEASUREMENT}\" WHERE \"device\" = '{dev}' "
+        f'SELECT * FROM "{REJECTION_MEASUREMENT}" WHERE "device" = \'{dev}\' '
         f"AND time > now() - {REJECTION_WINDOW} ORDER BY time DESC LIMIT {MAX_REJECTIONS}",
         db=database,
     )
@@ -170,8 +169,10 @@ def _verdict(report: CheckReport) -> None:
         report.verdict = "never_seen"
         if not report.rejections:
             report.advice.append(_silence_advice(report.protocol))
-    elif report.age_s is not None and report.interval_s and (
-        report.age_s > LATE_FACTOR * report.interval_s
+    elif (
+        report.age_s is not None
+        and report.interval_s
+        and (report.age_s > LATE_FACTOR * report.interval_s)
     ):
         report.verdict = "late"
         report.advice.append(
@@ -191,8 +192,18 @@ def _silence_advice(protocol: str | None) -> str:
             "password from onboarding, and the topic (a wrong topic is denied by the broker's ACL "
             "and never reaches the platform)"
         )
-    if protocol in ("http", "coap"):
+    if protocol == "http":
         return "nothing received: check the URL and the key (a wrong key is refused with 401)"
+    if protocol == "coap":
+        return (
+            "nothing received: check the coap:// URI and its token (?k=...); a wrong token is "
+            "answered 4.01 and recorded under device '?', so it does not show here"
+        )
+    if protocol == "hj212":
+        return (
+            "nothing received: check the station's MN (registered in connection.mn), its PW, "
+            "and that it connects to the HJ 212 port; a wrong PW shows here as bad_credentials"
+        )
     if protocol and protocol.startswith("modbus"):
         return "nothing polled yet: run the register probe to check address, unit id and order"
     return "nothing received and nothing refused yet"

@@ -28,6 +28,8 @@ class GatewaySettings(BaseModel):
     public_mqtt_host: str = "127.0.0.1"
     public_mqtt_port: int | None = None
     public_http_url: str | None = None
+    public_coap_port: int = Field(default=5683, ge=1, le=65535)
+    public_hj212_port: int = Field(default=9212, ge=1, le=65535)
     # Production: the broker's auth files in the volume shared with Mosquitto (docker-compose.yml).
     broker_passwd_file: Path | None = None
     broker_acl_file: Path | None = None

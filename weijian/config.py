@@ -118,7 +118,7 @@ class CoapSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=5683, ge=0, le=65535, description="0: any free port.")
-    max_payload_bytes: int = Field(default=64 * 1024, gt=0)
+    max_payload_bytes: int = Field(default=128 * 1024, gt=0)
 
 
 class ModbusPollSettings(_Section):

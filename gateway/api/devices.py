@@ -247,22 +247,29 @@ def connect_info(
             ),
         )
     if protocol == "coap":
+        token = secret.get("coap_token")
+        host, port = settings.public_mqtt_host, settings.public_coap_port
         return ConnectInfo(
             protocol=protocol,
-            host=settings.public_mqtt_host,
-            port=DEFAULT_COAP_PORT,
-            token=secret.get("coap_token"),
-            instructions="Send readings over CoAP to the platform's CoAP endpoint with this token.",
+            host=host,
+            port=port,
+            url=f"coap://{host}:{port}/t?k={token or '<token>'}",
+            token=token,
+            instructions=(
+                'POST one JSON (Content-Format 50) or CBOR (60) reading, or {"readings": [...]}, '
+                "to the URL (the token is its Uri-Query k); 2.04 means stored (docs/coap.md)."
+            ),
         )
     if protocol == "hj212":
         return ConnectInfo(
             protocol=protocol,
             host=settings.public_mqtt_host,
+            port=settings.public_hj212_port,
             mn=device.connection.get("mn"),
             password=secret.get("hj212"),
             instructions=(
-                "Configure the station's MN and PW as given and point its data link at the "
-                "platform's HJ 212 listener."
+                "Configure the station's MN and PW as given and point its HJ 212-2017 data link "
+                "(TCP) at this host and port; real-time data (CN 2011) is stored (docs/hj212.md)."
             ),
         )
     connection = device.connection
