@@ -13,11 +13,11 @@ from fastapi import APIRouter, Path, Query, Request
 
 from gateway.errors import ApiError, error_responses
 from gateway.onboarding_check import check_device
+from gateway.schemas import IDENTIFIER_PATTERN
 from gateway.security import CurrentPrincipal, get_device
-from protocols.reading import IDENTIFIER
 
 router = APIRouter(prefix="/devices", tags=["devices"])
-DeviceId = Annotated[str, Path(pattern=IDENTIFIER.pattern)]
+DeviceId = Annotated[str, Path(pattern=IDENTIFIER_PATTERN)]  # anchored: the whole id
 
 
 def _visible(request: Request, principal: Any, device_id: str) -> None:
