@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -43,7 +44,10 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the registry; use UTC-aware datetimes")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        utc = value.astimezone(UTC)
+        # PostgreSQL's timestamptz reads a naive value in the session's time zone: give it the
+        # zone. SQLite stores text and would keep "+00:00" in it: give it naive UTC.
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
@@ -212,3 +216,102 @@ class AuditEntry(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+# ---- alerting: per-site rule overrides, alerts and their transitions (alerting/) ---------------
+
+
+class RuleOverride(Base):
+    """A site's change to one threshold rule (alerting/rules.py); audited in ``audit_log``.
+
+    ``None`` in a field leaves the rule file's setting; one override per (site, rule).
+    """
+
+    __tablename__ = "rule_overrides"
+    __table_args__ = (UniqueConstraint("site_id", "rule_id", name="uq_rule_overrides_site_rule"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    rule_id: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float | None] = mapped_column(Float, default=None)
+    clear_value: Mapped[float | None] = mapped_column(Float, default=None)
+    clear_for_s: Mapped[float | None] = mapped_column(Float, default=None)
+    for_s: Mapped[float | None] = mapped_column(Float, default=None)
+    severity: Mapped[str | None] = mapped_column(String(16), default=None)
+    enabled: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# A partial unique index: at most one open (not resolved) alert per (device, rule), enforced by
+# the database itself on SQLite and PostgreSQL, so two detector instances (or a restart racing a
+# late write) can never open a duplicate.
+OPEN_ALERT_WHERE = text("state != 'resolved'")
+
+
+class AlertRow(Base):
+    """The current state of one alert (alerting.model.Alert); its history is in transitions.
+
+    No foreign keys to devices or sites: an alert is a historical record that outlives them.
+    ``severity`` is ``alerting.model.Severity``'s value (1 info … 4 emergency), so it sorts.
+    """
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index(
+            "ux_alerts_open_device_rule",
+            "device_id",
+            "rule_id",
+            unique=True,
+            sqlite_where=OPEN_ALERT_WHERE,
+            postgresql_where=OPEN_ALERT_WHERE,
+        ),
+        Index("ix_alerts_state_severity", "state", "severity"),
+        Index("ix_alerts_site_started", "site_id", "started_at"),
+        Index("ix_alerts_region_started", "region_code", "started_at"),
+        Index("ix_alerts_tenant_started", "tenant_id", "started_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    rule_id: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))
+    severity: Mapped[int] = mapped_column(Integer)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    site_id: Mapped[str] = mapped_column(String(64))
+    region_code: Mapped[str] = mapped_column(String(6))
+    kind: Mapped[str] = mapped_column(String(32))
+    quantity: Mapped[str | None] = mapped_column(String(64), default=None)
+    message: Mapped[str] = mapped_column(Text, default="")
+    value: Mapped[float | None] = mapped_column(Float, default=None)
+    limit_value: Mapped[float | None] = mapped_column(Float, default=None)
+    standard: Mapped[str | None] = mapped_column(String(200), default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    fired_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(default=None)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    ack_comment: Mapped[str | None] = mapped_column(Text, default=None)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    resolved_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    resolve_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    notified_at: Mapped[datetime | None] = mapped_column(default=None)
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AlertTransitionRow(Base):
+    """One step of an alert's life (alerting.model.Transition), written with the alert row."""
+
+    __tablename__ = "alert_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    from_state: Mapped[str | None] = mapped_column(String(16), default=None)  # None: created
+    to_state: Mapped[str] = mapped_column(String(16))
+    severity: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str | None] = mapped_column(String(64), default=None)
+    comment: Mapped[str | None] = mapped_column(Text, default=None)
+    value: Mapped[float | None] = mapped_column(Float, default=None)
