@@ -101,8 +101,11 @@ class Forwarder:
         by_tenant: defaultdict[str, list[bytes]] = defaultdict(list)
         for record in batch.records:
             tenant, line = decode_record(record)
-            if tenant == EVENT_ROUTE:
+            if tenant.startswith(EVENT_ROUTE):
                 events.append(line)
+                tenant = tenant[len(EVENT_ROUTE) :]
+                if self.tenant_prefix is not None and tenant:
+                    by_tenant[tenant].append(line)
                 continue
             lines.append(line)
             if self.tenant_prefix is not None and tenant:

@@ -161,6 +161,58 @@ def format_check(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_grafana_sync(args: argparse.Namespace, settings: Settings) -> int:
+    """Tenant organisations, data sources, dashboards and viewers, from the registry."""
+    from grafana_client import GrafanaApi
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    from gateway.registry.models import Device, Tenant, User
+    from grafana.influx_admin import InfluxV1
+    from grafana.sync import sync
+    from grafana.tenants import tenant_specs
+
+    settings = with_local_stack(settings)
+    secret = os.environ.get("WEIJIAN_GRAFANA_SYNC_SECRET", "")
+    password = os.environ.get("GRAFANA_ADMIN_PASSWORD", "")
+    if len(secret) < 16:
+        raise ValueError(
+            "set WEIJIAN_GRAFANA_SYNC_SECRET (16+ characters; tenant passwords derive from it)"
+        )
+    if not password and not args.dry_run:
+        raise ValueError("set GRAFANA_ADMIN_PASSWORD (a Grafana server admin's password)")
+    i = settings.influx
+    if i.username is None or i.password is None:
+        raise ValueError(
+            "InfluxDB admin credentials are needed (WEIJIAN_INFLUX__USERNAME/PASSWORD)"
+        )
+    registry = _open_registry(settings)
+    try:
+        with registry.session() as session:
+            tenants = session.execute(select(Tenant)).scalars().all()
+            devices = (
+                session.execute(select(Device).options(selectinload(Device.site))).scalars().all()
+            )
+            users = session.execute(select(User)).scalars().all()
+            specs = tenant_specs(tenants, devices, users)
+    finally:
+        registry.close()
+    client = GrafanaApi.from_url(args.grafana_url, credential=(args.grafana_user, password))
+    report = sync(
+        client,
+        InfluxV1(i.url, i.username, i.password.get_secret_value()),
+        specs,
+        secret=secret,
+        influx_url=args.influx_url or i.url,
+        database_prefix=i.tenant_database_prefix,
+        dry_run=args.dry_run,
+    )
+    print(report.plan.describe())
+    for user, initial in report.initial_passwords.items():
+        print(f"new viewer {user}: initial password (shown once) {initial}")
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     registry = sub.add_parser("registry", help="the device registry's database")
     registry.add_argument("action", choices=["migrate", "status"])
@@ -189,3 +241,15 @@ def add_parsers(sub: Any) -> None:
     check.add_argument("--json", action="store_true")
     check.add_argument("--data-dir")
     check.set_defaults(handler=cmd_device_check)
+
+    grafana = sub.add_parser("grafana", help="Grafana tenant organisations (docs/grafana.md)")
+    grafana_sub = grafana.add_subparsers(dest="grafana_command", required=True)
+    gsync = grafana_sub.add_parser(
+        "sync", help="create/update each tenant's organisation, data source, dashboards, viewers"
+    )
+    gsync.add_argument("--grafana-url", default="http://127.0.0.1:3000")
+    gsync.add_argument("--grafana-user", default="admin", help="password: GRAFANA_ADMIN_PASSWORD")
+    gsync.add_argument("--influx-url", help="InfluxDB as Grafana reaches it (default: ours)")
+    gsync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    gsync.add_argument("--data-dir")
+    gsync.set_defaults(handler=cmd_grafana_sync)

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except (RuntimeError, ValueError) as exc:  # a clear, user-facing problem (ports, servers, ids)
+    except (RuntimeError, ValueError, OSError) as exc:  # a clear problem (ports, servers, ids)
         print(f"weijian: {exc}", file=sys.stderr)
         return 1
 

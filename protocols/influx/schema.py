@@ -21,7 +21,7 @@ for a boolean only ``min_x``/``max_x`` (booleans; ``mean`` skips them); string f
 ``*_flag`` data flags, ``cycle_phase``...) are skipped without error. Tags are kept (``GROUP BY
 *``). A measurement of strings only would therefore just yield no rollup rows.
 
-``alert_event`` and ``device_status`` are excluded all the same (``ROLLUP_EXCLUDED``, as
+``alert_event``, ``device_status`` and the other events are excluded (``ROLLUP_EXCLUDED``, as
 docs/schema.md promises): they are events, not signals, and ``alert_event`` carries a numeric
 ``value`` whose 5-minute mean would mean nothing. InfluxQL regexes are RE2, which has no negative
 lookahead, so the FROM regex is the generated complement of those exact names (it still matches
@@ -57,7 +57,13 @@ __all__ = [
 ]
 
 RAW_RP = "raw"
-ROLLUP_EXCLUDED = ("alert_event", "device_status")
+ROLLUP_EXCLUDED = (
+    "alert_event",
+    "device_status",
+    "ingest_rejection",
+    "site_info",
+    "sterilizer_cycle",
+)
 ROLLUPS: tuple[tuple[str, str, str, str], ...] = (
     # (continuous query, target retention policy, GROUP BY interval, RESAMPLE FOR)
     ("cq_5m", "rollup_5m", "5m", "15m"),
