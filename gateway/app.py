@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import security
 from gateway.api import (
     CtxDep,
+    alerts,
     check,
     devices,
     get_ctx,
@@ -149,6 +150,7 @@ def create_app(
         imports.router,
         check.router,
         ingest.router,
+        alerts.router,
     ):
         app.include_router(router)
 

@@ -30,6 +30,9 @@ class GatewayContext:
     influx_database: str = "weijian"
     device_keys: Any = None  # gateway.device_keys.DeviceKeys; built from the registry if None
     mqtt_topic_prefix: str = "weijian/v1"
+    # alerting.engine.AlertEngine when this process runs the detector: acknowledgements and
+    # manual resolutions go through its book (None: the alert API answers 503 for those).
+    alerts: Any = None
     # Called (synchronously, after commit) whenever devices or their credentials changed:
     # the broker's password/ACL files and the directory cache follow the registry.
     device_listeners: list[Callable[[], None]] = field(default_factory=list)

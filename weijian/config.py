@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from alerting.notify.settings import NotifySettings
 from gateway.settings import GatewaySettings
 
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "password", "admin"}
@@ -129,6 +130,49 @@ class ModbusPollSettings(_Section):
     max_concurrency: int = Field(default=512, gt=0)
 
 
+class AlertingSettings(_Section):
+    """The alert engine (alerting/engine.py; docs/alerting.md, "The engine")."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Run the detector in this process (registry mode; one process only, see "
+        "docs/alerting.md on workers).",
+    )
+    nodata_multiple: float = Field(
+        default=3.0, ge=1, description="A device is silent after this many expected intervals."
+    )
+    nodata_min_silence_s: float = Field(
+        default=60.0, ge=0, description="... and never before this long, whatever its interval."
+    )
+    tick_interval_s: float = Field(
+        default=5.0, gt=0, description="How often silence, clock skew and records are checked."
+    )
+    startup_grace_s: float = Field(
+        default=60.0, ge=0, description="No-data checks wait this long after a start."
+    )
+    clock_skew_s: float = Field(
+        default=300.0, gt=0, description="A live device whose timestamps lag more is skewed."
+    )
+    clock_skew_for_s: float = Field(default=300.0, ge=0, description="... for this long.")
+    warmup: bool = Field(
+        default=True, description="Warm the anomaly detectors up from InfluxDB on start."
+    )
+    warmup_window_s: float = Field(default=6 * 3600.0, gt=0, description="History read back.")
+    warmup_max_points: int = Field(
+        default=500, ge=1, le=100_000, description="Readings read back per device, at most."
+    )
+    warmup_timeout_s: float = Field(default=10.0, gt=0, description="Start without it after.")
+    queue_size: int = Field(
+        default=100_000, ge=100, description="Transitions waiting to be persisted, at most."
+    )
+    context_refresh_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Re-read sites, overrides and officers (changes that do not move the "
+        "registry revision).",
+    )
+
+
 class Settings(BaseSettings):
     """Everything a Weijian process needs; the defaults are the embedded single-machine setup."""
 
@@ -153,6 +197,8 @@ class Settings(BaseSettings):
     hj212: Hj212Settings = Hj212Settings()
     coap: CoapSettings = CoapSettings()
     modbus: ModbusPollSettings = ModbusPollSettings()
+    alerting: AlertingSettings = AlertingSettings()
+    notify: NotifySettings = NotifySettings()
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> Settings:

@@ -1,4 +1,4 @@
-"""The platform in one process: spool, InfluxDB forwarder, collectors and self-metrics.
+"""The platform in one process: spool, InfluxDB forwarder, collectors, alerting and self-metrics.
 
 ``Platform`` is an async context manager; entering it starts every service, leaving it stops them
 in the reverse order, letting acknowledged readings reach the spool first.
@@ -13,6 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from alerting.engine import AlertEngine, RegistryContexts, profile_resolutions
+from alerting.notify import Dispatcher
+from alerting.store import AlertStore
 from collectors.coap import CoapCollector
 from collectors.forwarder import Forwarder
 from collectors.hj212 import Hj212Collector
@@ -82,6 +85,9 @@ class Platform:
         self.forwarder: Forwarder | None = None
         self.ingestor: Ingestor | None = None
         self.mqtt: MqttCollector | None = None
+        self.alerts: AlertEngine | None = None  # the detector, when this process runs it
+        self.notifier: Dispatcher | None = None
+        self.alert_contexts: RegistryContexts | None = None
 
     async def __aenter__(self) -> Platform:
         s = self.settings
@@ -128,6 +134,8 @@ class Platform:
                 await self._open_registry()
             assert self.directory is not None
             self.ingestor = Ingestor(self.directory, validator, self.spool, self.metrics)
+            if self.registry is not None:
+                await self._start_alerting()  # before any collector: no reading goes unjudged
             self.mqtt = MqttCollector(s.mqtt, self.ingestor)
             await self.mqtt.__aenter__()
             if s.metrics.port:
@@ -262,6 +270,58 @@ class Platform:
             self.broker_sync()
         if self.stations is not None:
             self.stations.refresh()
+        if self.alert_contexts is not None:
+            try:
+                self.alert_contexts.refresh()  # devices, sites, overrides, officers
+            except Exception:
+                log.exception("alerting contexts not refreshed; the engine's tick retries")
+
+    async def _start_alerting(self) -> None:
+        """The alert engine and its notifier, in registry mode and in one process only.
+
+        With a shared MQTT subscription (``weijian serve --workers N``, or several hosts) each
+        process sees only part of every device's readings: thresholds would judge a fraction of
+        the samples and the no-data monitor would find most devices silent. Until a broker topic
+        carries the readings to one detector, alerting stays off there (docs/alerting.md).
+        """
+        s = self.settings
+        assert self.registry is not None
+        assert self.ingestor is not None
+        if not s.alerting.enabled:
+            log.info("alerting disabled (alerting.enabled = false)")
+            return
+        if s.mqtt.share_group is not None:
+            log.warning(
+                "alerting OFF in this process: the MQTT subscription is shared (group %r), so it "
+                "sees only part of the readings; run the platform as one process for alerts "
+                "(see docs/alerting.md, multi-worker)",
+                s.mqtt.share_group,
+            )
+            return
+        contexts = RegistryContexts(self.registry)
+        await asyncio.to_thread(contexts.refresh)
+        ingestor = self.ingestor
+        engine = AlertEngine(
+            contexts,
+            s.alerting,
+            store=AlertStore(self.registry),
+            spool=self.spool,
+            connected=lambda: self.mqtt is not None and self.mqtt.connected.is_set(),
+            refresh=contexts.refresh,
+            attach=ingestor.listeners.append,
+            influx=self.influx,
+            influx_database=s.influx.database,
+            resolutions=profile_resolutions(),
+        )
+        notifier = Dispatcher.from_settings(
+            s.notify, contexts.officers, on_alert_update=engine.notified
+        )
+        engine.dispatcher = notifier
+        self.alert_contexts = contexts
+        await notifier.start()
+        self.notifier = notifier
+        await engine.start()
+        self.alerts = engine
 
     async def _start_gateway(self) -> None:
         assert self.registry is not None
@@ -276,6 +336,7 @@ class Platform:
             device_keys=self.device_keys,
             influx_database=s.influx.database,
             mqtt_topic_prefix=s.mqtt.topic_prefix,
+            alerts=self.alerts,
         )
         ctx.device_listeners.append(self._registry_changed)
         self.gateway_ctx = ctx
@@ -298,6 +359,15 @@ class Platform:
             with contextlib.suppress(Exception):
                 await self.mqtt.__aexit__(None, None, None)
             self.mqtt = None
+        # No more readings: persist and spool the last transitions, let the notifier drain.
+        if self.alerts is not None:
+            with contextlib.suppress(Exception):
+                await self.alerts.aclose()
+            self.alerts = None
+        if self.notifier is not None:
+            with contextlib.suppress(Exception):
+                await self.notifier.aclose()
+            self.notifier = None
         if self.forwarder is not None and self.spool is not None and self._tasks:
             await self.forwarder.drained(3.0)
         for task in self._tasks:
