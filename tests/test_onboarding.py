@@ -324,3 +324,12 @@ async def test_every_protocol_onboards_through_the_registry_and_stores(
         stop.set()
         await asyncio.wait_for(run, 30)
     assert platform.metrics.ingest.rejected == {}, "healthy simulated devices: nothing refused"
+
+    async def sites_on_the_map() -> bool:  # the wall's geomap reads site_info (docs/schema.md)
+        result = await asyncio.to_thread(
+            influx.query, 'SELECT last("lat") FROM "site_info" GROUP BY "site"', influx_db
+        )
+        sites = {s["tags"]["site"] for s in result["results"][0].get("series", [])}
+        return {"plant", "pool", "xray", "cssd"} <= sites
+
+    await _eventually(sites_on_the_map, 15, "site_info not written for the registered sites")

@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from alerting.engine import AlertEngine, RegistryContexts, profile_resolutions
 from alerting.notify import Dispatcher
@@ -23,6 +27,7 @@ from collectors.metrics import Metrics
 from collectors.modbus import ModbusCollector
 from collectors.mqtt import MqttCollector
 from collectors.pipeline import Ingestor
+from collectors.records import encode_event
 from collectors.spool import Spool
 from gateway.app import create_app
 from gateway.broker_sync import BrokerSync
@@ -32,7 +37,9 @@ from gateway.hj212_stations import StationIndex
 from gateway.modbus_targets import modbus_targets
 from gateway.registry.database import Registry
 from gateway.registry.directory import RegistryDirectory
+from gateway.registry.models import Site
 from gateway.server import GatewayServer
+from grafana.site_info import SITE_INFO_INTERVAL_S, site_info_lines
 from protocols.catalog import default_catalog
 from protocols.directory import DeviceDirectory, StaticDirectory
 from protocols.influx.client import InfluxClient
@@ -254,15 +261,44 @@ class Platform:
         assert isinstance(self.directory, RegistryDirectory)
         directory = self.directory
         seen = directory.revision
+        site_info_due = 0.0  # the wall's map: sites with coordinates, now and every 5 min
         while True:
+            try:
+                if time.monotonic() >= site_info_due:
+                    site_info_due = time.monotonic() + SITE_INFO_INTERVAL_S
+                    await self._write_site_info()
+            except Exception:
+                log.exception("site_info not written; retrying in %d s", SITE_INFO_INTERVAL_S)
             await asyncio.sleep(self.settings.gateway.directory_poll_s)
             try:
                 await asyncio.to_thread(directory.refresh)
                 if directory.revision != seen:
                     seen = directory.revision
                     await asyncio.to_thread(self._registry_changed)
+                    site_info_due = 0.0
             except Exception:
                 log.exception("registry refresh failed; keeping the previous devices")
+
+    async def _write_site_info(self) -> None:
+        """``site_info`` points (docs/schema.md) into the agency database, through the spool."""
+        assert self.registry is not None
+        assert self.spool is not None
+        registry = self.registry
+
+        def lines() -> list[str]:
+            with registry.session() as session:
+                sites = (
+                    session.execute(
+                        select(Site).options(selectinload(Site.tenant), selectinload(Site.devices))
+                    )
+                    .scalars()
+                    .all()
+                )
+                return site_info_lines(sites)
+
+        found = await asyncio.to_thread(lines)
+        if found:
+            self.spool.append([encode_event(line) for line in found])
 
     def _registry_changed(self) -> None:
         """Bring what follows the registry up to date (each part skips work when unchanged)."""
