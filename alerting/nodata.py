@@ -113,9 +113,13 @@ class NoDataMonitor:
 
     def _restart_clocks(self, at: float) -> None:
         for state in self._devices.values():
-            state.last_seen = max(state.last_seen, at)
-            for entry in state.quantities.values():
-                entry[0] = max(entry[0], at)
+            # A device already reported silent stays so until it is heard again: the outage
+            # says nothing about it, and clearing it here would be a false "data is back".
+            if not state.silent:
+                state.last_seen = max(state.last_seen, at)
+            for q, entry in state.quantities.items():
+                if q not in state.silent_quantities:
+                    entry[0] = max(entry[0], at)
         self._started = max(self._started, at)
 
     # -- evaluation ------------------------------------------------------------------------

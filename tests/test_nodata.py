@@ -74,3 +74,16 @@ def test_a_device_removed_from_the_registry_is_forgotten() -> None:
     table.clear()
     assert m.check(T0 + 40) == []
     assert m.silent_devices() == []
+
+
+def test_a_device_silent_before_an_outage_stays_silent_after_it() -> None:
+    m = monitor({"a": 10.0, "b": 10.0}, multiple=3)
+    m.seen("a", ["x"], T0)
+    m.seen("b", ["x"], T0)
+    assert [c.device for c in m.check(T0 + 31)] == ["a", "b"]
+    m.seen("b", ["x"], T0 + 35)
+    assert [(c.device, c.holds) for c in m.check(T0 + 36)] == [("b", False)]
+    m.pause("mqtt")
+    m.resume("mqtt", T0 + 100)
+    assert m.check(T0 + 101) == [], "no false 'data is back' for a, no new alert for b yet"
+    assert m.silent_devices() == ["a"]
