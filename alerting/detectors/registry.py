@@ -57,6 +57,9 @@ def _rate(p: Mapping[str, Any], resolution: float) -> RateDetector:
     per_min = q.pop("max_per_min", None)
     if per_min is not None:
         q["max_per_s"] = per_min / 60.0
+        # A limit per minute judges any change within a minute against that minute: at a 5 s
+        # interval, instrument noise between two samples is not a 12-fold rate.
+        q.setdefault("min_dt", 60.0)
     return RateDetector(**q)
 
 
