@@ -38,8 +38,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from alerting import steam  # noqa: E402
 from alerting.detectors import default_registry  # noqa: E402
+from protocols import steam  # noqa: E402
 
 LN2 = math.log(2.0)
 

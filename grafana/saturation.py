@@ -4,14 +4,14 @@ In the hold phase a sterilizer chamber must hold saturated steam, so its pressur
 temperature (WS 310.3; reference/standards.md §4). Drawing Psat(T) beside the measured pressure
 shows air in the chamber (pressure above the line) or superheat (below) at a glance, with no
 extra measurement to write: InfluxQL 1.x has ``pow`` and ``sqrt``, enough for the explicit
-IAPWS-IF97 region-4 equation (30) that alerting/steam.py and the cycle monitor use. Nested
+IAPWS-IF97 region-4 equation (30) that protocols/steam.py and the cycle monitor use. Nested
 subqueries stand in for the equation's intermediate variables (InfluxQL has no ``LET``):
 
     theta = T + n9 / (T - n10)                      (T in K)
     A = theta² + n1·theta + n2,  B = n3·theta² + n4·theta + n5,  C = n6·theta² + n7·theta + n8
     Psat = (2C / (-B + sqrt(B² - 4AC)))⁴  MPa
 
-tests/test_grafana.py runs these queries on InfluxDB and compares with alerting/steam.py.
+tests/test_grafana.py runs these queries on InfluxDB and compares with protocols/steam.py.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from alerting import steam
 from alerting.detectors import (
     DETECTOR_TYPES,
     Decider,
@@ -33,6 +32,7 @@ from alerting.detectors import (
     load_registry,
     ramp_score,
 )
+from protocols import steam
 from simulators.faults import generate, ground_truth
 from simulators.scenario import load_scenario
 from simulators.sterilizer import steam as sim_steam

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from alerting import steam
 from alerting.domain import (
     DoseMonitor,
     Finding,
@@ -21,6 +20,7 @@ from alerting.domain import (
     load_record_rules,
 )
 from alerting.model import Severity
+from protocols import steam
 from simulators.faults import generate, ground_truth
 from simulators.scenario import load_scenario
 from simulators.sterilizer import SterilizerSignal, SterilizerSpec

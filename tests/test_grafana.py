@@ -41,7 +41,6 @@ from alerting.domain.sterilizer import CycleRecord, SterilizerMonitor
 from alerting.model import Alert, AlertKey, AlertState, Severity, Transition
 from alerting.nodata import NODATA
 from alerting.rules import load_rules
-from alerting.steam import saturation_pressure_mpa
 from alerting.store import alert_event_line
 from grafana import build as grafana_build
 from grafana import influxql as iq
@@ -64,6 +63,7 @@ from protocols.directory import DeviceInfo
 from protocols.lineprotocol import encode_line
 from protocols.profiles import load_profiles
 from protocols.reading import ReadingValidator, Rejection
+from protocols.steam import saturation_pressure_mpa
 from simulators.air_monitor.signal import QUANTITIES as AIR_QUANTITIES
 from simulators.faults import Malformed, generate, iso
 from simulators.scenario import Scenario, load_scenario

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from alerting.detectors.base import finite, ramp_score
-from alerting.steam import saturation_excess_kpa
+from protocols.steam import saturation_excess_kpa
 
 
 class SaturationDetector:

@@ -10,7 +10,7 @@ when the cycle id changes), and judges each closed cycle from its ``sterilizing`
   ``temperature_high``);
 * the hold at least the programme's minimum, measured at the sampling resolution: the span of the
   hold samples plus one interval, passing within half an interval (``hold_too_short``);
-* saturated steam: P − Psat(T) (IAPWS-IF97, alerting/steam.py) beyond the tolerance on at least
+* saturated steam: P − Psat(T) (IAPWS-IF97, protocols/steam.py) beyond the tolerance on at least
   two hold samples (``air_in_chamber``; below it, ``steam_superheated``);
 * the daily Bowie-Dick test before the first pre-vacuum load (``bd_test_missing``).
 
@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from alerting.domain.findings import Finding, utc
 from alerting.model import Severity
-from alerting.steam import saturation_excess_kpa
+from protocols.steam import saturation_excess_kpa
 
 STERILIZATION_FILE = Path(__file__).resolve().parent.parent / "data" / "sterilization.yaml"
 

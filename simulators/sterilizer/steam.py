@@ -1,68 +1,31 @@
-"""Saturated steam: IAPWS-IF97 region 4 (the saturation line), pure Python.
+"""Saturated steam for the simulated sterilizer: the IAPWS-IF97 region-4 line of protocols/steam.py.
 
-A sterilizer's chamber holds *saturated* steam during heat-up, hold and exhaust, so its pressure is
-fixed by its temperature; air or other non-condensable gas shows up as pressure above that line.
-WS 310.2's pressure ranges for 121 °C and 132–134 °C are this line evaluated over the set-point to
-set-point + 3 °C band (reference/standards.md §4.1).
-
-Equations (29)–(31) of the IAPWS Revised Release on IF97 (2007): the saturation-pressure equation
-is a quadratic in the transformed temperature ϑ and is solved explicitly both ways, so no iteration
-is needed. Valid from the triple point (273.15 K, 611.213 Pa) to the critical point (647.096 K,
-22.064 MPa); both directions agree with each other to ~1e-9 relative.
+One implementation serves the simulator (pressure that follows the chamber temperature) and the
+detector (pressure above the line means air in the chamber), so they cannot disagree.
 """
 
 from __future__ import annotations
 
-import math
+from protocols.steam import (
+    KELVIN,
+    P_CRIT_MPA,
+    P_MIN_MPA,
+    T_CRIT_K,
+    T_MIN_K,
+    psat_kpa,
+    saturation_pressure_mpa,
+    saturation_temperature_k,
+    tsat_c,
+)
 
-# Table 34 of IAPWS-IF97: coefficients n1..n10 of the region-4 equations.
-_N1 = 0.11670521452767e4
-_N2 = -0.72421316703206e6
-_N3 = -0.17073846940092e2
-_N4 = 0.12020824702470e5
-_N5 = -0.32325550322333e7
-_N6 = 0.14915108613530e2
-_N7 = -0.48232657361591e4
-_N8 = 0.40511340542057e6
-_N9 = -0.23855557567849
-_N10 = 0.65017534844798e3
-
-T_MIN_K = 273.15
-T_CRIT_K = 647.096
-P_MIN_MPA = 611.212677e-6  # Ps(273.15 K), the equation's own lower end
-P_CRIT_MPA = 22.064
-KELVIN = 273.15
-
-
-def saturation_pressure_mpa(t_k: float) -> float:
-    """IF97 eq. (30): saturation pressure (MPa) at temperature ``t_k`` (K), 273.15–647.096 K."""
-    if not T_MIN_K <= t_k <= T_CRIT_K:
-        raise ValueError(f"IF97 region 4 needs 273.15 K <= T <= 647.096 K, got {t_k}")
-    theta = t_k + _N9 / (t_k - _N10)
-    a = theta * theta + _N1 * theta + _N2
-    b = _N3 * theta * theta + _N4 * theta + _N5
-    c = _N6 * theta * theta + _N7 * theta + _N8
-    return (2.0 * c / (-b + math.sqrt(b * b - 4.0 * a * c))) ** 4
-
-
-def saturation_temperature_k(p_mpa: float) -> float:
-    """IF97 eq. (31): saturation temperature (K) at ``p_mpa`` (MPa), 611.2 Pa–22.064 MPa."""
-    if not P_MIN_MPA * (1.0 - 1e-9) <= p_mpa <= P_CRIT_MPA:
-        raise ValueError(f"IF97 region 4 needs 611.2 Pa <= p <= 22.064 MPa, got {p_mpa} MPa")
-    beta = p_mpa**0.25
-    e = beta * beta + _N3 * beta + _N6
-    f = _N1 * beta * beta + _N4 * beta + _N7
-    g = _N2 * beta * beta + _N5 * beta + _N8
-    d = 2.0 * g / (-f - math.sqrt(f * f - 4.0 * e * g))
-    s = _N10 + d
-    return (s - math.sqrt(s * s - 4.0 * (_N9 + _N10 * d))) / 2.0
-
-
-def psat_kpa(t_c: float) -> float:
-    """Saturation pressure in kPa (absolute) at ``t_c`` °C: the unit sterilizers report."""
-    return saturation_pressure_mpa(t_c + KELVIN) * 1000.0
-
-
-def tsat_c(p_kpa: float) -> float:
-    """Saturation temperature in °C at ``p_kpa`` kPa (absolute)."""
-    return saturation_temperature_k(p_kpa / 1000.0) - KELVIN
+__all__ = [
+    "KELVIN",
+    "P_CRIT_MPA",
+    "P_MIN_MPA",
+    "T_CRIT_K",
+    "T_MIN_K",
+    "psat_kpa",
+    "saturation_pressure_mpa",
+    "saturation_temperature_k",
+    "tsat_c",
+]

@@ -2,8 +2,9 @@
 
 During the hold a sterilizer chamber must hold *saturated* steam, so its pressure is fixed by its
 temperature; air or another non-condensable gas shows as pressure above that line, superheat as
-pressure below it (WS 310.3, reference/standards.md §4). The alerting package may not import the
-simulators, so it keeps its own copy of the public equations: (30) Ps(T) and (31) Ts(p) of the
+pressure below it (WS 310.3, reference/standards.md §4). The detector (alerting/) and the simulated
+sterilizer (simulators/sterilizer/steam.py re-exports it) share this one implementation of the
+public equations: (30) Ps(T) and (31) Ts(p) of the
 IAPWS Revised Release on IF97 (2007), coefficients of its Table 34. Both are explicit (a quadratic
 in the transformed variable), so there is no iteration; tests check them against the release's
 verification tables 35 and 36.
