@@ -55,6 +55,7 @@ from alerting.model import Alert, AlertKey, AlertState, Severity, Transition
 from alerting.nodata import NODATA, Expectation, NoDataChange, NoDataMonitor
 from alerting.rules import Override, Rule, RuleError, RuleSet, load_rules
 from alerting.store import DuplicateOpenAlert, alert_event_line
+from alerting.warmup import warm_up
 from collectors.records import encode_event
 from protocols.catalog import Catalog, default_catalog
 from protocols.lineprotocol import encode_line
@@ -454,8 +455,10 @@ class DetectionCore:
     def record_event(self, event: RecordEvent, now: float | None = None) -> list[Transition]:
         """A record a site posted (medical waste sealed, collected, handed over; a disinfection).
 
-        The hook for the gateway's record endpoint (not built yet): overdue records are raised
-        by :meth:`tick` when their deadline passes."""
+        Fed by the gateway's ``POST /records`` and ``/ingest/v1/records`` (gateway/api/records.py)
+        once the record is stored: overdue records are raised by :meth:`tick` when their deadline
+        passes; the stored records are replayed at the engine's start (:meth:`AlertEngine.start`).
+        """
         out = self._findings(self.records.event(event, now))
         self.stats.transitions += len(out)
         return out
@@ -699,63 +702,6 @@ def cycle_line(record: CycleRecord, tenant: str, site: str, region: str) -> str:
     )
 
 
-# ---- warm-up from InfluxDB -----------------------------------------------------------------------
-
-_SKIP_COLUMNS = frozenset({"time", "device", "tenant", "site", "region"})
-
-
-async def warm_up(
-    influx: Any,
-    database: str,
-    devices: Mapping[str, tuple[str, Sequence[SeriesPipeline]]],
-    window_s: float,
-    *,
-    max_points: int = 500,
-    chunk: int = 100,
-) -> int:
-    """Replay each device's recent history from InfluxDB into its detectors (oldest first).
-
-    ``devices``: device → (kind, its pipelines). One query per kind and ``chunk`` devices, the
-    last ``max_points`` readings per device within ``window_s`` (``GROUP BY device`` makes the
-    ``LIMIT`` per device), so the work is bounded whatever the history holds. Returns the number
-    of readings replayed. Identifiers are the registry's ``[A-Za-z0-9_.-]``, safe to quote.
-    """
-    by_kind: dict[str, list[str]] = {}
-    for device, (kind, pipelines) in devices.items():
-        if pipelines:
-            by_kind.setdefault(kind, []).append(device)
-    replayed = 0
-    window = max(1, int(window_s))
-    for kind, names in by_kind.items():
-        for i in range(0, len(names), chunk):
-            part = names[i : i + chunk]
-            match = " OR ".join(f"\"device\" = '{d}'" for d in part)
-            results = await influx.query(
-                f'SELECT * FROM "{kind}" WHERE ({match}) AND time > now() - {window}s '
-                f'GROUP BY "device" ORDER BY time DESC LIMIT {int(max_points)}',
-                db=database,
-            )
-            for result in results:
-                for series in result.get("series") or ():
-                    device = (series.get("tags") or {}).get("device")
-                    if device not in devices:
-                        continue
-                    columns = series["columns"]
-                    history = []
-                    for row in reversed(series["values"]):
-                        point = dict(zip(columns, row, strict=True))
-                        values = {
-                            k: v
-                            for k, v in point.items()
-                            if v is not None and k not in _SKIP_COLUMNS and not k.endswith("_flag")
-                        }
-                        history.append((point["time"] / 1000.0, values))
-                    for pipeline in devices[device][1]:
-                        pipeline.warm_up(history)
-                    replayed += len(history)
-    return replayed
-
-
 # ---- the platform's service ---------------------------------------------------------------------
 
 
@@ -881,6 +827,11 @@ class AlertEngine:
         restored = book.open_alerts()
         if restored:
             log.info("alerting: %d open alert(s) restored from the registry", len(restored))
+        if self.store is not None:  # records posted before the restart, replayed silently
+            since, sites = self.core.records.replay_since(restored, now)
+            events = await asyncio.to_thread(self.store.record_events, since, sites)
+            self.core.records.restore(events, restored)
+            log.info("alerting: %d record event(s) replayed into the records monitor", len(events))
         if self.dispatcher is not None:
             at = datetime.fromtimestamp(now, UTC)
             for alert in restored:  # the notifier resumes reminders and escalation
@@ -1185,7 +1136,10 @@ class AlertEngine:
         return self._call(self._act, "resolve", alert_id, by, reason)
 
     def record_event(self, event: RecordEvent) -> None:
-        """Hook for records posted through the gateway (medical waste, disinfection)."""
+        """A record posted through the gateway (medical waste, disinfection), already stored in
+        the registry: evaluated on the loop thread; blocks the calling thread (never the loop's)
+        until it is. ``EngineUnavailable`` when the engine is not running: the gateway keeps the
+        record, and :meth:`start` replays it."""
 
         async def run() -> None:
             assert self.core is not None

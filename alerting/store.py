@@ -10,17 +10,18 @@ and nothing is opened twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
+from alerting.domain.records import RecordEvent
 from alerting.lifecycle import AlertBook
 from alerting.model import Alert, AlertKey, AlertState, Severity, Transition
 from gateway.registry.database import Registry
-from gateway.registry.models import AlertRow, AlertTransitionRow
+from gateway.registry.models import AlertRow, AlertTransitionRow, RecordEventRow
 from protocols.lineprotocol import encode_line
 
 ALERT_MEASUREMENT = "alert_event"
@@ -106,6 +107,39 @@ class AlertStore:
     def book(self) -> AlertBook:
         """A new book holding the stored open alerts: how a restarted detector resumes."""
         return AlertBook(self.open_alerts())
+
+    def record_events(
+        self, since: float, sites: Mapping[str, float] | None = None
+    ) -> list[RecordEvent]:
+        """The records sites posted (``record_events``, written by the gateway) whose time is at
+        or after ``since`` -- or, for a site of ``sites``, after its own earlier time -- oldest
+        first: what the records monitor replays at the engine's start (epoch seconds)."""
+        when = or_(
+            RecordEventRow.at >= _from_epoch(since),
+            *(
+                and_(RecordEventRow.site_id == site, RecordEventRow.at >= _from_epoch(start))
+                for site, start in (sites or {}).items()
+                if start < since
+            ),
+        )
+        with self.registry.session() as session:
+            found = session.execute(
+                select(
+                    RecordEventRow.site_id,
+                    RecordEventRow.record_type,
+                    RecordEventRow.at,
+                    RecordEventRow.ref,
+                )
+                .where(when)
+                .order_by(RecordEventRow.at, RecordEventRow.id)
+            ).all()
+        return [
+            RecordEvent(site, kind, at.timestamp(), ref or None) for site, kind, at, ref in found
+        ]
+
+
+def _from_epoch(ts: float) -> datetime:
+    return datetime.fromtimestamp(max(ts, 0.0), UTC)
 
 
 def _fill(row: AlertRow, alert: Alert) -> None:

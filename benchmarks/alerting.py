@@ -24,9 +24,13 @@ the latency from a reading's publication to its notification at 5,000 readings/s
    and publish → the same probe reading queryable in InfluxDB (a reading that is only stored;
    the forwarder flushes every second). The CPU of the platform, the publishers and the broker
    is sampled over the steady part of the run (the publishers share the machine).
+   ``--workers N`` runs ``weijian serve --workers N`` instead: N processes on one shared MQTT
+   subscription, worker 0 running the alert engine fed by its MQTT tap (every message, through
+   an unshared subscription); the platform's CPU is then the workers' together, and each
+   worker's share is printed too, with how many readings worker 0's engine judged.
 
 Usage: python benchmarks/alerting.py [--seconds 30] [--rate 5000] [--skip-e2e | --only-e2e]
-       [--no-alerting] [--fsync always|interval|never] [--keep]
+       [--no-alerting] [--fsync always|interval|never] [--workers N] [--keep]
 """
 
 from __future__ import annotations
@@ -404,9 +408,14 @@ def _seed_registry(
 
 
 def _serve(
-    tmp: Path, config: dict[str, Any], metrics_port: int, log_level: str = "warning"
+    tmp: Path,
+    config: dict[str, Any],
+    metrics_port: int,
+    log_level: str = "warning",
+    workers: int = 1,
 ) -> subprocess.Popen[bytes]:
-    """``weijian serve`` with these settings, in its own process; returns once it is up."""
+    """``weijian serve`` with these settings, in its own process(es); returns once it is up
+    (every worker's metrics endpoint answers: worker ``i`` serves on ``metrics_port + i``)."""
     (tmp / "settings.yaml").write_text(yaml.safe_dump(config))
     with open(tmp / "serve.log", "wb") as log_file:
         proc = subprocess.Popen(
@@ -419,6 +428,8 @@ def _serve(
                 "--config",
                 str(tmp / "settings.yaml"),
                 "serve",
+                "--workers",
+                str(workers),
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -427,7 +438,10 @@ def _serve(
     deadline = time.time() + 60
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1).close()
+            for i in range(workers):
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{metrics_port + i}/metrics", timeout=1
+                ).close()
             return proc
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
@@ -436,6 +450,42 @@ def _serve(
                     "weijian serve did not start:\n" + (tmp / "serve.log").read_text()
                 ) from None
             time.sleep(0.2)
+
+
+def _free_ports(count: int) -> int:
+    """A port free now with the ``count - 1`` after it free too (a worker's metrics each)."""
+    import socket
+
+    from weijian.stack.process import free_port
+
+    for _ in range(100):
+        port = free_port()
+        try:
+            for i in range(1, count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + i))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def _worker_index(process: psutil.Process) -> int:
+    argv = process.cmdline()
+    return int(argv[argv.index("--worker-index") + 1]) if "--worker-index" in argv else -1
+
+
+def _metric(port: int, name: str) -> float | None:
+    """A counter's value from a worker's /metrics (None: not exported there)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 async def _stored(creds: Any, until: float, seen: dict[str, float]) -> None:
@@ -470,10 +520,10 @@ async def end_to_end(
     keep: bool = False,
     fsync: str = "always",
     alerting: bool = True,
+    workers: int = 1,
 ) -> None:
     from weijian.stack.influxd import LocalInfluxDB
     from weijian.stack.mosquitto import LocalMosquitto
-    from weijian.stack.process import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="wj-alert-bench-"))
     broker = LocalMosquitto(tmp / "mosquitto", topic_prefix=PREFIX)
@@ -496,7 +546,7 @@ async def end_to_end(
         async with RecordingHttpServer() as hook:
             url = f"sqlite:///{tmp / 'registry.db'}"
             _seed_registry(url, devices, probes, hook.url)
-            metrics_port = free_port()
+            metrics_port = _free_ports(workers)
             config = {
                 "data_dir": str(tmp / "data"),
                 "influx": {
@@ -520,7 +570,7 @@ async def end_to_end(
                 },
             }
             proc = await asyncio.to_thread(
-                _serve, tmp, config, metrics_port, "info" if keep else "warning"
+                _serve, tmp, config, metrics_port, "info" if keep else "warning", workers
             )
             await asyncio.sleep(2.0)
             rng = random.Random(11)
@@ -528,14 +578,14 @@ async def end_to_end(
             start_at = time.time() + 5.0 + len(accounts) / 200
             out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
             slices = [accounts[0::2], accounts[1::2]]
-            workers = [
+            senders = [
                 mp.Process(
                     target=_publisher,
                     args=(broker.port, part, rate / 2, start_at, seconds, probe_times, out),
                 )
                 for part in slices
             ]
-            for w in workers:
+            for w in senders:
                 w.start()
             stored: dict[str, float] = {}
             wait = max(0.0, start_at - time.time()) + seconds
@@ -543,8 +593,12 @@ async def end_to_end(
             await asyncio.sleep(max(0.0, start_at - time.time()) + 1.0)
             # CPU over the steady part of the run (not the publishers' connecting)
             ps = psutil.Process(proc.pid)
-            ps.cpu_percent(None)
-            others = {"publishers": [psutil.Process(w.pid) for w in workers]}
+            platform = [ps]  # with workers: the supervisor, then worker 0, 1, ...
+            if workers > 1:
+                platform += sorted(ps.children(), key=_worker_index)
+            for x in platform:
+                x.cpu_percent(None)
+            others = {"publishers": [psutil.Process(w.pid) for w in senders]}
             if broker.pid is not None:
                 others["mosquitto"] = [psutil.Process(broker.pid)]
             for group in others.values():
@@ -552,15 +606,16 @@ async def end_to_end(
                     other.cpu_percent(None)
             psutil.cpu_percent(None)
             await asyncio.sleep(max(0.0, seconds - 2.0))
-            cpu = ps.cpu_percent(None) / 100.0
+            per_process = [x.cpu_percent(None) / 100.0 for x in platform]
+            cpu = sum(per_process)
             machine = psutil.cpu_percent(None) * psutil.cpu_count() / 100.0
             shares = {
                 name: sum(x.cpu_percent(None) for x in group) / 100.0
                 for name, group in others.items()
             }
             await asyncio.sleep(1.0)
-            results = [await asyncio.to_thread(out.get, True, 120) for _ in workers]
-            for w in workers:
+            results = [await asyncio.to_thread(out.get, True, 120) for _ in senders]
+            for w in senders:
                 w.join(30)
             await asyncio.sleep(3.0)  # the last notifications
             pending = set(probes) - set(stored)
@@ -571,6 +626,10 @@ async def end_to_end(
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            judged = [
+                _metric(metrics_port + i, "weijian_alerting_readings_evaluated_total")
+                for i in range(workers)
+            ]
             arrivals: dict[str, float] = {}
             messages = 0
             for request in hook.requests:
@@ -593,13 +652,24 @@ async def end_to_end(
     latencies = [arrivals[p] - t for p, t in sent_probes.items() if p in arrivals]
     stored_latencies = [stored[p] - t for p, t in sent_probes.items() if p in stored]
     achieved = sum(r["achieved"] for r in results)
+    sent = sum(r["sent"] for r in results)
+    split = (
+        " (" + ", ".join(f"worker {i} {c:.2f}" for i, c in enumerate(per_process[1:])) + ")"
+        if workers > 1
+        else ""
+    )
     print(
         f"\n## 3. Publication → notification — {achieved:,.0f} readings/s published "
         f"(asked {rate:,.0f}) for {seconds:.0f} s, {len(devices)} devices, spool fsync={fsync}, "
-        f"alerting {'on' if alerting else 'OFF'}; CPU (cores): platform {cpu:.2f}, "
+        f"alerting {'on' if alerting else 'OFF'}, "
+        + (f"`serve --workers {workers}` (alerting in worker 0, MQTT tap)" if workers > 1 else "")
+        + ("one process" if workers == 1 else "")
+        + f"; CPU (cores): platform {cpu:.2f}{split}, "
         + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
         + f", whole machine {machine:.2f} of {psutil.cpu_count()}\n"
     )
+    if alerting:
+        print(f"readings judged by the alert engine, per worker: {judged} ({sent:,} published)\n")
     print("| path | n | p50 | p90 | p99 | max |")
     print("|---|---|---|---|---|---|")
     for name, values in (
@@ -636,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run's directory and logs")
     parser.add_argument("--fsync", default="always", choices=["always", "interval", "never"])
     parser.add_argument("--no-alerting", action="store_true", help="reference: ingest only")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="`weijian serve --workers N` (alerting: worker 0)"
+    )
     args = parser.parse_args(argv)
     if not args.only_e2e:
         contexts, readings = clean_readings(args.hours)
@@ -651,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.keep,
                 args.fsync,
                 not args.no_alerting,
+                args.workers,
             )
         )
     return 0

@@ -198,6 +198,12 @@ class _StatsCollector(Collector):
         coap = self.metrics._sources.get("coap")
         if coap is not None:
             yield from _coap_families(coap)
+        engine = self.metrics._sources.get("alerting")
+        if engine is not None:
+            yield from _alerting_families(engine)
+        tap = self.metrics._sources.get("alerting_tap")
+        if tap is not None:
+            yield from _tap_families(tap)
 
 
 def _hj212_families(hj: Any) -> Iterator[Any]:
@@ -236,3 +242,46 @@ def _coap_families(coap: Any) -> Iterator[Any]:
         m = CounterMetricFamily(f"weijian_coap_{name}", help_text)
         m.add_metric([], getattr(coap, name))
         yield m
+
+
+def _alerting_families(engine: Any) -> Iterator[Any]:
+    """The alert engine of this process (alerting/engine.py): what it judged and raised."""
+    core = getattr(engine, "core", None)
+    stats = getattr(engine, "stats", None)
+    for name, value, help_text in (
+        (
+            "readings_evaluated",
+            getattr(getattr(core, "stats", None), "readings", 0),
+            "Readings judged by the alert engine in this process.",
+        ),
+        (
+            "transitions",
+            getattr(stats, "transitions", 0),
+            "Alert transitions raised (created, fired, resolved, ...).",
+        ),
+        (
+            "listener_errors",
+            getattr(stats, "listener_errors", 0),
+            "Readings the alert engine failed to evaluate.",
+        ),
+    ):
+        c = CounterMetricFamily(f"weijian_alerting_{name}", help_text)
+        c.add_metric([], value)
+        yield c
+
+
+def _tap_families(tap: Any) -> Iterator[Any]:
+    """The alerting tap (collectors/mqtt/tap.py): every MQTT message, for the alert engine."""
+    for name, attr, help_text in (
+        ("messages", "received", "MQTT messages received by the alerting tap."),
+        ("readings_evaluated", "evaluated", "Readings the alerting tap handed to the engine."),
+        (
+            "dropped_invalid",
+            "dropped_invalid",
+            "Messages or readings the alerting tap dropped as bad input (counted as ingest "
+            "rejections by the collector that ingested them, not here).",
+        ),
+    ):
+        c = CounterMetricFamily(f"weijian_alerting_tap_{name}", help_text)
+        c.add_metric([], getattr(tap, attr))
+        yield c

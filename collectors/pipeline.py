@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,9 @@ class Ingestor:
         self.validator = validator
         self.spool = spool
         self.metrics = metrics
-        self.listeners: list[ReadingListener] = []
+        self.listeners: list[ReadingListener] = []  # called with every accepted reading
+        # (listener, protocols it does not want): see add_listener
+        self._filtered: list[tuple[ReadingListener, frozenset[str]]] = []
         self._log_every_s = log_every_s
         self._last_logged: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
@@ -74,27 +76,47 @@ class Ingestor:
             )
         return info
 
-    def submit(self, protocol: str, device: DeviceInfo, raw_readings: Sequence[Any]) -> Outcome:
-        """Validate and spool; raises :class:`SpoolFull` (nothing spooled) when there is no room."""
-        outcome = Outcome()
-        self.metrics.ingest.received[protocol] += len(raw_readings)
-        now_ms = int(time.time() * 1000)
+    def add_listener(self, listener: ReadingListener, *, skip: Iterable[str] = ()) -> None:
+        """Call ``listener`` inline with each accepted reading, except those that came in over
+        one of the protocols in ``skip`` (the alert engine behind an MQTT tap skips ``mqtt``:
+        it hears those readings from the tap, and must not judge them twice)."""
+        skipped = frozenset(skip)
+        if skipped:
+            self._filtered.append((listener, skipped))
+        else:
+            self.listeners.append(listener)
+
+    def validate(
+        self, device: DeviceInfo, raw_readings: Sequence[Any], now_ms: int | None = None
+    ) -> tuple[list[Reading], list[bytes], list[tuple[int, Rejection]]]:
+        """Validate and encode for the spool: the good readings, their records, and the refused
+        ones by index. Counts, logs and stores nothing (:meth:`submit` does; the alerting tap
+        judges the same messages again and must not)."""
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
         readings: list[Reading] = []
         records: list[bytes] = []
+        rejected: list[tuple[int, Rejection]] = []
         for index, raw in enumerate(raw_readings):
             try:
                 reading = self.validator.validate(device, raw, now_ms)
                 records.append(encode_record(reading))
             except Rejection as rejection:
-                outcome.rejected.append((index, rejection))
-                self.count_rejection(protocol, device.device, rejection)
+                rejected.append((index, rejection))
                 continue
             except ValueError as exc:  # the encoder refused something validation let through
-                rejection = Rejection(Reason.MALFORMED, str(exc))
-                outcome.rejected.append((index, rejection))
-                self.count_rejection(protocol, device.device, rejection)
+                rejected.append((index, Rejection(Reason.MALFORMED, str(exc))))
                 continue
             readings.append(reading)
+        return readings, records, rejected
+
+    def submit(self, protocol: str, device: DeviceInfo, raw_readings: Sequence[Any]) -> Outcome:
+        """Validate and spool; raises :class:`SpoolFull` (nothing spooled) when there is no room."""
+        outcome = Outcome()
+        self.metrics.ingest.received[protocol] += len(raw_readings)
+        readings, records, outcome.rejected = self.validate(device, raw_readings)
+        for _index, rejection in outcome.rejected:
+            self.count_rejection(protocol, device.device, rejection)
         if not records:
             return outcome
         try:
@@ -107,6 +129,10 @@ class Ingestor:
         for listener in self.listeners:
             for reading in readings:
                 listener(reading)
+        for listener, skip in self._filtered:
+            if protocol not in skip:
+                for reading in readings:
+                    listener(reading)
         return outcome
 
     def count_rejection(self, protocol: str, device: str, rejection: Rejection) -> None:

@@ -28,6 +28,8 @@ from gateway.api import (
     imports,
     ingest,
     jurisdictions,
+    records,
+    rules,
     sites,
     tenants,
     users,
@@ -151,6 +153,8 @@ def create_app(
         check.router,
         ingest.router,
         alerts.router,
+        records.router,
+        rules.router,
     ):
         app.include_router(router)
 

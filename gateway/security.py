@@ -21,7 +21,8 @@ city_admin      sites/devices whose region code starts with the first 4 digits o
                 ``region_codes`` (city codes such as 330100 → 3301xx): read and write
 county_admin    sites/devices whose region code equals one of its ``region_codes`` (county codes
                 such as 330102): read and write
-tenant_user     read only: its own tenant, that tenant's sites and devices
+tenant_user     read only: its own tenant, that tenant's sites and devices — except that it may post
+                its own sites' records (medical waste, disinfection: gateway/api/records.py)
 ==============  ===================================================================================
 
 * Tenants: city and county admins read every tenant (an operator such as a hotel group spans

@@ -37,6 +37,8 @@ class GrafanaAPI(Protocol):
     def dashboard(self, org_id: int, uid: str) -> Json | None: ...
     def save_dashboard(self, org_id: int, dashboard: Json, folder_uid: str) -> None: ...
     def delete_dashboard(self, org_id: int, uid: str) -> None: ...
+    def org_preferences(self, org_id: int) -> Json: ...
+    def set_home_dashboard(self, org_id: int, uid: str) -> None: ...
 
 
 class GrafanaClientAdapter:
@@ -126,3 +128,12 @@ class GrafanaClientAdapter:
 
     def delete_dashboard(self, org_id: int, uid: str) -> None:
         self.api.client.DELETE(f"/dashboards/uid/{uid}", headers=self._org(org_id))
+
+    def org_preferences(self, org_id: int) -> Json:
+        prefs = self.api.client.GET("/org/preferences", headers=self._org(org_id))
+        return dict(prefs or {})
+
+    def set_home_dashboard(self, org_id: int, uid: str) -> None:
+        # PATCH changes only the keys sent (PUT would reset the theme, time zone, ...).
+        body = {"homeDashboardUID": uid}
+        self.api.client.PATCH("/org/preferences", json=body, headers=self._org(org_id))

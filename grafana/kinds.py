@@ -38,7 +38,7 @@ from grafana.common import (
 from grafana.model import Dashboard, Json, Panel, Query, Row, Thresholds
 from grafana.panels import by_name, grafana_unit, organize, stat, state_timeline, table, timeseries
 from grafana.saturation import psat_chain
-from grafana.thresholds import default_rules, describe_limits, limit_thresholds
+from grafana.thresholds import describe_quantity_limits, quantity_thresholds
 from protocols.catalog import default_catalog
 from protocols.profiles import load_profiles
 
@@ -149,14 +149,13 @@ def quantity_chart(
     log_scale: bool = False,
 ) -> Panel:
     """One quantity per device, with the rule files' limits for these kinds drawn."""
-    rules = default_rules()
     panel = timeseries(
         title or quantity_title(quantity),
         lay.place(grid_w, 8),
         [_series(scope, kinds, quantity, agg)],
-        description=describe_limits(rules, kinds, quantity),
+        description=describe_quantity_limits(kinds, quantity),
         unit=quantity_unit(quantity),
-        thresholds=limit_thresholds(rules, kinds, quantity),
+        thresholds=quantity_thresholds(kinds, quantity),
         threshold_style=threshold_style,
     )
     if log_scale:
@@ -168,7 +167,6 @@ def latest_table(
     scope: Scope, kinds: Sequence[str], quantities: Sequence[str], lay: Layout
 ) -> Panel:
     """Each device's latest value of each quantity in the last hour, cells coloured by limits."""
-    rules = default_rules()
     selected = ", ".join(f"last({iq.ident(q)}) AS {iq.ident(q)}" for q in quantities)
     query = (
         f"SELECT {selected} FROM {iq.sources(kinds)}{iq.where('$timeFilter', scope.filter())} "
@@ -180,7 +178,7 @@ def latest_table(
             **{
                 "custom.cellOptions": {"mode": "basic", "type": "color-background"},
                 "displayName": quantity_title(q),
-                "thresholds": limit_thresholds(rules, kinds, q).to_json(),
+                "thresholds": quantity_thresholds(kinds, q).to_json(),
                 "unit": quantity_unit(q),
             },
         )

@@ -8,7 +8,9 @@ For each tenant (grafana/tenants.py) sync makes sure that
 * Grafana has an organisation ``<name> [<tenant>]`` with a data source (uid
   ``weijian-tenant-influxdb``) logging in as that user, a folder ``Weijian`` holding the per-kind
   dashboards of the kinds the tenant has (built for the tenant database: no tenant or region
-  variables), and the tenant's people as Viewers of that organisation and of no other.
+  variables), the first of them as the organisation's home dashboard (otherwise the server-wide
+  home, the agency wall, would greet tenants with panels whose data source their organisation
+  does not have), and the tenant's people as Viewers of that organisation and of no other.
 
 Three steps, so that the decisions are testable without a Grafana: ``observe`` reads the current
 state through narrow interfaces, ``plan`` (pure) compares it with the wanted state and lists the
@@ -78,6 +80,10 @@ class OrgObserved:
     datasource: Json | None
     folder: bool
     dashboards: dict[str, Json]  # uid → {"dashboard": ..., "folderUid": ...}
+    home: str = ""  # the organisation's home dashboard uid ("" for the server's default)
+    # False when sync's own user is not a member: Grafana refuses that organisation's data
+    # sources, folders and dashboards to it, so they were not read (see _plan_org).
+    readable: bool = True
 
 
 @dataclass(slots=True)
@@ -116,6 +122,7 @@ def observe_grafana(
     api: GrafanaAPI, tenants: Sequence[TenantSpec], settings: SyncSettings
 ) -> GrafanaObserved:
     wanted = {t.id for t in tenants}
+    me = api.me()
     orgs: dict[str, OrgObserved] = {}
     for org in api.orgs():
         tenant = org_tenant(org["name"])
@@ -125,6 +132,9 @@ def observe_grafana(
         members = {
             m["login"]: {"userId": m["userId"], "role": m["role"]} for m in api.org_members(oid)
         }
+        if me not in members:  # X-Grafana-Org-Id of a non-member: Grafana answers 401
+            orgs[tenant] = OrgObserved(oid, org["name"], members, None, False, {}, readable=False)
+            continue
         dashboards = {}
         for hit in api.dashboards(oid, TAG):
             stored = api.dashboard(oid, hit["uid"])
@@ -138,6 +148,7 @@ def observe_grafana(
             api.datasource(oid, TENANT_DS.uid),
             api.folder(oid, settings.folder_uid) is not None,
             dashboards,
+            str(api.org_preferences(oid).get("homeDashboardUID") or ""),
         )
     users: dict[str, UserObserved] = {}
     for login in sorted({v.login for t in tenants for v in t.viewers}):
@@ -147,7 +158,7 @@ def observe_grafana(
         uid = int(found["id"])
         roles = {int(o["orgId"]): o["role"] for o in api.user_orgs(uid)}
         users[login] = UserObserved(uid, login, bool(found.get("isGrafanaAdmin")), roles)
-    return GrafanaObserved(api.me(), orgs, users)
+    return GrafanaObserved(me, orgs, users)
 
 
 # ---- the plan ------------------------------------------------------------------------------
@@ -166,6 +177,13 @@ class Action:
         return dict(self.args)[name]
 
 
+class Lines(list[str]):
+    """A list of report lines that prints as one line each (``print(plan.describe())``)."""
+
+    def __str__(self) -> str:
+        return "\n".join(self)
+
+
 @dataclass(slots=True)
 class Plan:
     actions: list[Action] = field(default_factory=list)
@@ -176,11 +194,11 @@ class Plan:
     def empty(self) -> bool:
         return not self.actions and not self.manual
 
-    def describe(self) -> list[str]:
+    def describe(self) -> Lines:
         lines = [f"{a.tenant}: {a.op}: {a.detail}" for a in self.actions]
         lines += [f"CONFLICT: {c}" for c in self.conflicts]
         lines += [f"MANUAL: {m}" for m in self.manual]
-        return lines or ["nothing to do"]
+        return Lines(lines or ["nothing to do"])
 
 
 def desired_datasource(spec: TenantSpec, settings: SyncSettings) -> Json:
@@ -218,8 +236,11 @@ def _datasource_matches(observed: Json, desired: Json) -> bool:
     return True
 
 
-def _normal(dashboard: Json) -> Json:
-    return {k: v for k, v in dashboard.items() if k not in _VOLATILE}
+def _dashboard_matches(stored: Json, wanted: Json) -> bool:
+    """Whether Grafana's stored copy has every key we would save, with the same value (keys
+    Grafana adds, and the ``id``/``version`` it manages, do not count; so a top-level key the
+    builders stop emitting lingers in Grafana until the dashboard changes otherwise)."""
+    return all(stored.get(k) == v for k, v in wanted.items() if k not in _VOLATILE)
 
 
 def _plan_influx(
@@ -284,6 +305,12 @@ def _plan_org(
         )
     elif members[seen.me]["role"] != "Admin":
         add("grafana.set_role", f"{seen.me} → Admin (sync needs it)", login=seen.me, role="Admin")
+    if org is not None and not org.readable:
+        plan.manual.append(
+            f"{spec.id}: {seen.me} was not a member of {name!r}, so its contents could not be "
+            "read; run `weijian grafana sync` again once it is (this run adds it)"
+        )
+        return
     if not (org and org.folder):
         add("grafana.create_folder", settings.folder_title, uid=settings.folder_uid)
     wanted_ds = desired_datasource(spec, settings)
@@ -294,16 +321,20 @@ def _plan_org(
     kinds = None if spec.kinds is None else sorted(spec.kinds)
     wanted = {d["uid"]: d for d in tenant_dashboards(kinds)}
     stored = org.dashboards if org else {}
-    for uid, dashboard in sorted(wanted.items()):
+    for uid, dashboard in wanted.items():
         have = stored.get(uid)
         if (
             have is None
-            or _normal(have["dashboard"]) != _normal(dashboard)
+            or not _dashboard_matches(have["dashboard"], dashboard)
             or have["folderUid"] != settings.folder_uid
         ):
             add("grafana.save_dashboard", dashboard["title"], uid=uid)
     for uid in sorted(set(stored) - set(wanted)):
         add("grafana.delete_dashboard", f"{uid} (the tenant has no such devices)", uid=uid)
+    if wanted:
+        home = next(iter(wanted))  # tenant_dashboards' order: the first kind the tenant has
+        if org is None or org.home != home:
+            add("grafana.set_home", f"home dashboard {home}", uid=home)
     for viewer in spec.viewers:
         if claimed.get(viewer.login, spec.id) != spec.id:
             plan.conflicts.append(
@@ -458,6 +489,8 @@ def apply(
                 api.save_dashboard(org, dashboard, settings.folder_uid)
             elif action.op == "grafana.delete_dashboard":
                 api.delete_dashboard(org, action.arg("uid"))
+            elif action.op == "grafana.set_home":
+                api.set_home_dashboard(org, action.arg("uid"))
             elif action.op == "grafana.create_user":
                 (viewer,) = [v for v in spec.viewers if v.login == action.arg("login")]
                 password = new_password()

@@ -23,6 +23,12 @@ exist only for special sites (total chlorine: chloramine plants), those sites ar
 
 Reading conditions (``beam_on: true``, ``cycle_phase: sterilizing``) only gate when a rule is
 evaluated; the limit is drawn regardless and the description names the condition.
+
+Cumulative personal dose (``dose_msv``) has no threshold rule: the dose monitor judges it against
+its own table, ``alerting.domain.dose.DOSE_LIMITS`` (GBZ 128 investigation level pro-rated to the
+monitoring period; GB 18871 annual and five-year limits). ``dose_thresholds`` draws that table, with
+the period levels computed by ``DoseMonitor.level`` itself, so the chart and the alerts cannot
+disagree.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from alerting.domain.dose import DOSE_LIMITS, DoseLimit, DoseMonitor
 from alerting.rules import Rule, RuleSet, load_rules
 from grafana.model import Step, Thresholds
 
@@ -188,3 +195,95 @@ def describe_limits(ruleset: Iterable[Rule], kinds: Iterable[str], quantity: str
             f"[`{rule.id}`, grade {rule.confidence}]"
         )
     return "\n".join(lines)
+
+
+# ---- cumulative personal dose (alerting/domain/dose.py) ----------------------------------------
+
+#: Monitoring periods (months) whose investigation level is drawn: the dose monitor's default and
+#: the usual GBZ 128 period (1), and the longest GBZ 128 allows (3). A site's own period is its
+#: ``dose_period_months`` attribute.
+DOSE_PERIODS_DRAWN = (1, 3)
+DOSE_QUANTITY = "dose_msv"
+
+
+def _dose_levels(
+    limits: Sequence[DoseLimit], periods: Sequence[int]
+) -> list[tuple[float, DoseLimit, int | None]]:
+    """(value, limit, period months or None) of every line: a ``period`` limit once per drawn
+    period, the others (rolling 12 months, calendar year, five years) once. A single period's
+    dose counts whole in each of those sums, so it alone can break them too."""
+    out: list[tuple[float, DoseLimit, int | None]] = []
+    for limit in limits:
+        if limit.scope == "period":
+            for months in periods:
+                out.append((DoseMonitor("-", period_months=months).level(limit), limit, months))
+        else:
+            out.append((limit.limit_msv, limit, None))
+    return sorted(out, key=lambda t: (t[0], t[1].rule))
+
+
+def dose_thresholds(
+    limits: Sequence[DoseLimit] = DOSE_LIMITS, periods: Sequence[int] = DOSE_PERIODS_DRAWN
+) -> Thresholds:
+    """Lines for the period's cumulative dose; bands coloured like the rule charts: green below
+    every line, yellow where only sites with some period lengths are over, else the lowest
+    severity every period length reaches."""
+    lines = _dose_levels(limits, periods)
+    values = sorted({v for v, _, _ in lines})
+    colors = []
+    for x in _probes(values):
+        ranks = []
+        for months in periods:
+            over = [
+                int(limit.severity) for v, limit, p in lines if x > v and (p is None or p == months)
+            ]
+            ranks.append(max(over, default=0))
+        if all(ranks):
+            colors.append(SEVERITY_COLORS[min(ranks)])
+        elif any(ranks):
+            colors.append(SOME_SITES)
+        else:
+            colors.append(OK)
+    return Thresholds(
+        (Step(colors[0], None), *(Step(c, v) for v, c in zip(values, colors[1:], strict=True)))
+    )
+
+
+def describe_dose_limits(
+    limits: Sequence[DoseLimit] = DOSE_LIMITS, periods: Sequence[int] = DOSE_PERIODS_DRAWN
+) -> str:
+    lines = [
+        "Limits (from alerting/domain/dose.py DOSE_LIMITS, which the dose monitor alerts on; "
+        "yellow band: only sites with a shorter monitoring period):"
+    ]
+    for value, limit, months in _dose_levels(limits, periods):
+        where = (
+            f"in a {months}-month monitoring period (site attribute dose_period_months)"
+            if months is not None
+            else f"over the {limit.scope.replace('_', ' ')}"
+        )
+        lines.append(
+            f"- > {value:.3g} mSv {where} is {limit.severity.name.lower()}: {limit.standard} "
+            f"[`{limit.rule}`, grade {limit.confidence}]"
+        )
+    lines.append(
+        "The chart shows the current period's reading; sums over several periods (12 months, "
+        "the year, five years) are the dose monitor's, raised as alerts (open-alerts table)."
+    )
+    return "\n".join(lines)
+
+
+def quantity_thresholds(kinds: Iterable[str], quantity: str) -> Thresholds:
+    """What a chart or a table cell of ``quantity`` on ``kinds`` draws: the dose table for
+    personal dose, the rule files' limits for everything else."""
+    kinds = list(kinds)
+    if quantity == DOSE_QUANTITY and "dosimeter" in kinds:
+        return dose_thresholds()
+    return limit_thresholds(default_rules(), kinds, quantity)
+
+
+def describe_quantity_limits(kinds: Iterable[str], quantity: str) -> str:
+    kinds = list(kinds)
+    if quantity == DOSE_QUANTITY and "dosimeter" in kinds:
+        return describe_dose_limits()
+    return describe_limits(default_rules(), kinds, quantity)

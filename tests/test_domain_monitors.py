@@ -367,6 +367,23 @@ def test_medical_waste_on_time_and_matched_by_code() -> None:
     assert ontime.tick(t0 + 10 * D) == []
 
 
+def test_box_disinfection_ignores_the_bag_code_of_the_hand_over() -> None:
+    """A coded hand-over (the bag's code) is followed by an uncoded or differently coded box
+    disinfection: the rule says ``match_ref: false``, so either clears it; the storage rule
+    still matches bags by code."""
+    monitor = RecordsMonitor()
+    t0 = datetime(2026, 3, 2, 9, 0, tzinfo=CST).timestamp()
+    monitor.event(RecordEvent("h-7", "medical_waste_collected", t0, ref="bag-9"))
+    monitor.event(RecordEvent("h-7", "medical_waste_transferred", t0 + 20 * H, ref="bag-9"))
+    monitor.event(RecordEvent("h-7", "container_disinfected", t0 + 21 * H, ref="box-3"))
+    monitor.event(RecordEvent("h-7", "medical_waste_collected", t0 + 22 * H, ref="bag-10"))
+    monitor.event(RecordEvent("h-7", "medical_waste_transferred", t0 + 23 * H, ref="bag-11"))
+    monitor.event(RecordEvent("h-7", "container_disinfected", t0 + 24 * H))
+    overdue = monitor.tick(t0 + 47 * H)
+    # bag-10 was collected but never handed over (bag-11 was another bag): only that is late
+    assert [f.rule for f in overdue] == ["record:mw.storage"]
+
+
 def test_recurring_disinfection_and_wastewater_records() -> None:
     monitor = RecordsMonitor()
     t0 = datetime(2026, 3, 2, 0, 0, tzinfo=CST).timestamp()
@@ -414,3 +431,31 @@ def test_findings_carry_alert_keys() -> None:
         DoseMonitor("d").level(next(x for x in DoseMonitor("d").limits if x.scope == "period")),
         5 / 12,
     )
+
+
+def test_dose_limits_are_data_and_a_bad_file_names_the_entry(tmp_path: Path) -> None:
+    from alerting.domain.dose import DOSE_LIMITS, DOSE_LIMITS_FILE, load_dose_limits
+
+    assert {(lim.rule, lim.scope, lim.limit_msv) for lim in DOSE_LIMITS} == {
+        ("dose:investigation_level", "period", 5.0),
+        ("dose:rolling_12_months", "rolling_12_months", 20.0),
+        ("dose:calendar_year", "calendar_year", 50.0),
+        ("dose:five_years", "five_years", 100.0),
+    }
+    text = DOSE_LIMITS_FILE.read_text(encoding="utf-8")
+    path = tmp_path / "dose_limits.yaml"
+    path.write_text(text.replace("scope: calendar_year", "scope: fortnight"), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"dose_limits\.yaml: limits\.2\.scope"):
+        load_dose_limits(path)
+    path.write_text(text.replace("limit_msv: 20.0", "limit_msv: -1"), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"limits\.1\.limit_msv"):
+        load_dose_limits(path)
+    path.write_text(text.replace("rule: dose:five_years", "rule: dose:calendar_year"), "utf-8")
+    with pytest.raises(ValueError, match="duplicate rules: dose:calendar_year"):
+        load_dose_limits(path)
+    # a limit changed in the file is the limit the monitor applies
+    path.write_text(text.replace("limit_msv: 20.0", "limit_msv: 10.0"), encoding="utf-8")
+    monitor = DoseMonitor("dos-1", limits=load_dose_limits(path))
+    t0 = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
+    findings = monitor.update(t0, 12.0)
+    assert "dose:rolling_12_months" in {f.rule for f in findings if f.active}

@@ -18,16 +18,18 @@ Grafana itself cannot run here, so what Grafana would do is checked piece by pie
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import re
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,13 +39,14 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
+from alerting.domain.dose import DOSE_LIMITS, DoseMonitor
 from alerting.domain.sterilizer import CycleRecord, SterilizerMonitor
+from alerting.engine import cycle_line
 from alerting.model import Alert, AlertKey, AlertState, Severity, Transition
 from alerting.nodata import NODATA
 from alerting.rules import load_rules
 from alerting.store import alert_event_line
 from grafana import build as grafana_build
-from grafana import influxql as iq
 from grafana.common import AGENCY_DS, KIND_LABELS, ONLINE_WINDOW, TENANT_DS
 from grafana.influx_admin import InfluxAuthError, InfluxV1
 from grafana.kinds import (
@@ -57,10 +60,9 @@ from grafana.model import SCHEMA_VERSION, GridPos
 from grafana.site_info import site_info_lines
 from grafana.sync import SyncSettings, apply, observe_grafana, observe_influx, plan, sync
 from grafana.tenants import TenantSpec, Viewer, derive_password, influx_user, tenant_specs
-from grafana.thresholds import limit_thresholds
+from grafana.thresholds import DOSE_PERIODS_DRAWN, limit_thresholds
 from protocols.catalog import default_catalog
 from protocols.directory import DeviceInfo
-from protocols.lineprotocol import encode_line
 from protocols.profiles import load_profiles
 from protocols.reading import ReadingValidator, Rejection
 from protocols.steam import saturation_pressure_mpa
@@ -72,6 +74,21 @@ from tests.conftest import InfluxServer
 ROOT = Path(__file__).resolve().parents[1]
 PANEL_TYPES = {"stat", "timeseries", "table", "bargauge", "geomap", "state-timeline", "row"}
 TRANSFORMS = {"organize", "joinByField", "sortBy"}
+# Panel options per panel type in Grafana 11.6 (public/app/plugins/panel/*/panelcfg.cue and the
+# common option groups they include): a key outside these is a typo Grafana would ignore.
+_SINGLE_STAT = {"reduceOptions", "text", "orientation", "showPercentChange", "wideLayout"}
+PANEL_OPTIONS = {
+    "stat": _SINGLE_STAT
+    | {"graphMode", "colorMode", "justifyMode", "textMode", "percentChangeColorMode"},
+    "bargauge": _SINGLE_STAT
+    | {"legend", "displayMode", "valueMode", "namePlacement", "showUnfilled", "textMode"}
+    | {"sizing", "minVizWidth", "minVizHeight", "maxVizHeight"},
+    "timeseries": {"legend", "tooltip", "timezone", "orientation"},
+    "table": {"frameIndex", "showHeader", "showTypeIcons", "sortBy", "footer", "cellHeight"},
+    "state-timeline": {"legend", "tooltip", "timezone", "showValue", "rowHeight", "mergeValues"}
+    | {"alignValue", "perPage"},
+    "geomap": {"view", "controls", "basemap", "layers", "tooltip"},
+}
 _UID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 # The air-monitor simulator models six of the iaq8 profile's quantities; the others get plausible
 # values here so that their charts are exercised too (docs/grafana.md says so).
@@ -247,7 +264,8 @@ def _alert_lines(filled: Filled) -> list[str]:
 def _cycle_lines(
     filled: Filled, raw: dict[str, list[tuple[float, dict[str, Any]]]], shift: timedelta
 ) -> list[str]:
-    """The cycle monitor over the simulated sterilizers, written as ``sterilizer_cycle``."""
+    """The cycle monitor over the simulated sterilizers, written as ``sterilizer_cycle`` by the
+    alert engine's own ``cycle_line`` (so a change of its schema reaches these tests)."""
     lines = []
     for device, samples in sorted(raw.items()):
         info = filled.devices[device]
@@ -259,26 +277,8 @@ def _cycle_lines(
         monitor.flush()
         for r in monitor.records:
             filled.cycles.append(r)
-            fields: dict[str, Any] = {
-                "cycle_id": r.cycle_id,
-                "hold_s": float(r.hold_s),
-                "reasons": ",".join(r.reasons),
-            }
-            for name in ("min_temp_c", "max_temp_c", "max_saturation_excess_kpa"):
-                if getattr(r, name) is not None:
-                    fields[name] = float(getattr(r, name))
-            tags = {
-                "device": device,
-                "site": info.site,
-                "tenant": info.tenant,
-                "region": info.region,
-                "programme": r.programme,
-                "passed": "true" if r.passed else "false",
-            }
             lines.append(
-                encode_line(
-                    iq.STERILIZER_CYCLE, tags, fields, int((r.end + shift).timestamp() * 1000)
-                )
+                cycle_line(replace(r, end=r.end + shift), info.tenant, info.site, info.region)
             )
     return lines
 
@@ -335,8 +335,22 @@ _SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 def _regex_escape(value: str) -> str:
-    """Grafana's escaping of a variable value inside an InfluxQL regex."""
-    return re.sub(r"([\\^$.|?*+()\[\]{}/-])", r"\\\1", value)
+    """@grafana/data ``escapeRegex``, which the InfluxDB data source applies to each value of a
+    multi-value / include-All variable: a backslash before each of
+    ``\\ ^ $ * + ? . ( ) | [ ] { } /`` (not before ``-``)."""
+    return re.sub(r"([\\^$*+?.()|\[\]{}/])", r"\\\1", value)
+
+
+def _interpolate(values: list[str]) -> str:
+    """The InfluxDB data source's ``interpolateQueryExpr`` for our variables (multi, include All,
+    custom All value ``.*``): the All value verbatim (custom All values skip the formatter), one
+    value escaped (left as is if it parses as a number), several as ``(a|b)``."""
+    if values == ["$__all"]:
+        return ".*"
+    if len(values) == 1:
+        (value,) = values
+        return value if re.match(r"^\s*[-+]?(\d|\.\d)", value) else _regex_escape(value)
+    return "(" + "|".join(_regex_escape(v) for v in values) + ")"
 
 
 def _period_start(period: str | None, f: Filled) -> datetime:
@@ -369,13 +383,7 @@ def render(
     out = query.replace("$timeFilter", f"time >= {start}ms and time <= {end}ms")
     out = out.replace("$__interval", "1m")
     for name, values in variables.items():
-        if values == ["$__all"]:
-            text = ".*"
-        elif len(values) == 1:
-            text = _regex_escape(values[0])
-        else:
-            text = "(" + "|".join(_regex_escape(v) for v in values) + ")"
-        out = out.replace(f"${name}", text)
+        out = out.replace(f"${name}", _interpolate(values))
     assert not re.search(r"\$[A-Za-z_]", out), f"unsubstituted: {out[:300]}"
     return out
 
@@ -442,20 +450,57 @@ def _all(dashboard: dict[str, Any]) -> dict[str, list[str]]:
     return {v["name"]: ["$__all"] for v in dashboard["templating"]["list"]}
 
 
+def _named_columns(panel: dict[str, Any]) -> set[str]:
+    """Columns a panel's options name, which its (table-format) query must therefore return: the
+    field a stat or bar gauge reduces (``/^name$/``) and a geomap layer's coordinates and colour."""
+    names = set()
+    fields = panel["options"].get("reduceOptions", {}).get("fields", "")
+    if fields:
+        m = re.fullmatch(r"/\^(\w+)\$/", fields)
+        assert m, f"{panel['title']}: unexpected field matcher {fields!r}"
+        names.add(m.group(1))
+    for layer in panel["options"].get("layers", []):
+        names |= {layer["location"]["latitude"], layer["location"]["longitude"]}
+        names.add(layer["config"]["style"]["color"]["field"])
+    return names
+
+
 def _check_panels(
     influx: InfluxServer,
     dashboard: dict[str, Any],
     variables: dict[str, list[str]],
     f: Filled,
     db: str,
-) -> None:
-    empty = []
+) -> int:
+    """Run every target of every panel; each must return data, and together a panel's targets
+    must return the columns its options name. Returns the number of queries run."""
+    empty, missing, ran = [], [], 0
     for panel in dashboard["panels"]:
-        for target in panel.get("targets", []):
+        if panel["type"] == "row":
+            continue
+        columns: set[str] = set()
+        for target in panel["targets"]:
             q = render(target["query"], variables, f, panel.get("timeFrom"))
-            if not _has_values(_series(influx, q, db)):
+            series = _series(influx, q, db)
+            ran += 1
+            if not _has_values(series):
                 empty.append(f"{panel['title']} [{target['refId']}]")
+            for s in series:
+                columns |= set(s["columns"]) | set(s.get("tags", {}))
+        if not empty and not _named_columns(panel) <= columns:
+            missing.append(f"{panel['title']}: {sorted(_named_columns(panel) - columns)}")
     assert not empty, f"{dashboard['uid']} {variables}: no data for {empty}"
+    assert not missing, (
+        f"{dashboard['uid']}: columns named by panel options not returned: {missing}"
+    )
+    return ran
+
+
+def _queries(dashboard: dict[str, Any]) -> int:
+    """Every InfluxQL query a dashboard holds: panel targets, variables, annotations."""
+    targets = sum(len(p.get("targets", [])) for p in dashboard["panels"])
+    annotations = sum(1 for a in dashboard["annotations"]["list"] if "target" in a)
+    return targets + len(dashboard["templating"]["list"]) + annotations
 
 
 def _check_annotations(
@@ -464,14 +509,34 @@ def _check_annotations(
     variables: dict[str, list[str]],
     f: Filled,
     db: str,
-) -> None:
+) -> int:
+    ran = 0
     for anno in dashboard["annotations"]["list"]:
         if "target" not in anno:
             continue
         rows = _rows(_series(influx, render(anno["target"]["query"], variables, f), db))
+        ran += 1
         assert rows, f"{dashboard['uid']}: annotation {anno['name']} found no alert transitions"
         columns = [anno["target"]["textColumn"], *anno["target"]["tagsColumn"].split(",")]
         assert all(c in rows[0] for c in columns), (columns, sorted(rows[0]))
+    return ran
+
+
+def _check_dashboard(
+    influx: InfluxServer, doc: dict[str, Any], f: Filled, db: str, device: str
+) -> None:
+    """Every query of the dashboard -- panels, variables, annotations -- with every variable at
+    "All", then drilled down to ``device``; each returns data. Fails if any query was skipped."""
+    ran = _check_panels(influx, doc, _all(doc), f, db)
+    for var in doc["templating"]["list"]:  # each variable's options with the others at All
+        offered = _rows(_series(influx, render(var["query"]["query"], _all(doc), f), db))
+        assert offered, f"{doc['uid']}: variable {var['name']} offers nothing"
+    ran += len(doc["templating"]["list"])
+    ran += _check_annotations(influx, doc, _all(doc), f, db)
+    assert ran == _queries(doc), (ran, _queries(doc))
+    variables = _variable_values(influx, doc, f, db, device)
+    _check_panels(influx, doc, variables, f, db)
+    _check_annotations(influx, doc, variables, f, db)
 
 
 # ------------------------------------------------------------------------------------------
@@ -530,6 +595,7 @@ def test_dashboard_is_a_valid_grafana_11_6_dashboard(
         if panel["type"] == "row":
             continue
         assert panel["datasource"] == {"type": "influxdb", "uid": ds_uid}, where
+        assert set(panel["options"]) <= PANEL_OPTIONS[panel["type"]], where
         assert panel["targets"], f"{where}: no targets"
         refs = [t["refId"] for t in panel["targets"]]
         assert len(refs) == len(set(refs)), where
@@ -552,13 +618,30 @@ def test_dashboard_is_a_valid_grafana_11_6_dashboard(
     for var in doc["templating"]["list"]:
         assert var["type"] == "query"
         assert var["datasource"]["uid"] == ds_uid
+        # The InfluxDB data source's variable query object (VariableQueryEditor's refId).
+        assert var["query"]["refId"] == "InfluxVariableQueryEditor-VariableQuery"
         assert var["query"]["query"].startswith("SHOW TAG VALUES")
+        assert var["definition"] == var["query"]["query"]
         assert var["name"] in ("region", "tenant", "site", "device")
+        assert var["refresh"] in (1, 2)  # on load / on time range change
+        assert var["multi"] is True
+        assert var["includeAll"] is True
+        assert var["allValue"] == ".*"
+        assert var["current"]["value"] == ["$__all"]
     builtin, *ours = doc["annotations"]["list"]
     assert builtin.get("builtIn") == 1
     for anno in ours:
         assert anno["datasource"]["uid"] == ds_uid
-        assert anno["target"]["query"].startswith("SELECT")
+        # What the InfluxDB annotation editor saves (raw InfluxQL, text and tags columns).
+        target = anno["target"]
+        assert target["query"].startswith("SELECT")
+        assert "$timeFilter" in target["query"]
+        assert target["rawQuery"] is True
+        assert target["fromAnnotations"] is True
+        assert target["textEditor"] is True
+        assert target["textColumn"]
+        assert target["tagsColumn"]
+        assert anno["enable"] is True
     if name.startswith("tenant:"):
         assert {v["name"] for v in doc["templating"]["list"]} == {"site", "device"}
         text = json.dumps(doc)
@@ -626,6 +709,22 @@ def _rule_values(kinds: set[str], quantity: str) -> list[float]:
     return sorted(values)
 
 
+def _dose_values() -> list[float]:
+    """Straight from the dose monitor: the limits it alerts on, each period one at the levels
+    ``DoseMonitor.level`` computes for the drawn period lengths."""
+    values = set()
+    for limit in DOSE_LIMITS:
+        for months in DOSE_PERIODS_DRAWN:
+            values.add(DoseMonitor("d", period_months=months).level(limit))
+    return sorted(values)
+
+
+def _expected_limits(kinds: set[str], quantity: str) -> list[float]:
+    if quantity == "dose_msv" and "dosimeter" in kinds:
+        return _dose_values()
+    return _rule_values(kinds, quantity)
+
+
 def test_thresholds_drawn_are_the_rule_files_limits() -> None:
     checked = 0
     for name, doc, _ in _all_dashboards():
@@ -639,7 +738,12 @@ def test_thresholds_drawn_are_the_rule_files_limits() -> None:
                         kinds = set(re.findall(r'"(\w+)"', m.group(2)))
                         steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
                         drawn = [s["value"] for s in steps[1:]]
-                        assert drawn == _rule_values(kinds, m.group(1)), f"{name}: {panel['title']}"
+                        assert drawn == _expected_limits(kinds, m.group(1)), (
+                            f"{name}: {panel['title']}"
+                        )
+                        if drawn:
+                            style = panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]
+                            assert style["mode"] != "off", f"{name}: {panel['title']} hides them"
                         checked += 1
             for override in panel["fieldConfig"]["overrides"]:
                 props = {p["id"]: p["value"] for p in override["properties"]}
@@ -651,7 +755,7 @@ def test_thresholds_drawn_are_the_rule_files_limits() -> None:
                         .split(", ")
                     )
                     drawn = [s["value"] for s in props["thresholds"]["steps"][1:]]
-                    assert drawn == _rule_values(kinds, quantity), (
+                    assert drawn == _expected_limits(kinds, quantity), (
                         f"{name}: {panel['title']} {quantity}"
                     )
                     checked += 1
@@ -669,6 +773,36 @@ def test_thresholds_drawn_are_the_rule_files_limits() -> None:
         0.3,
         2.0,
     ]
+
+
+def test_personal_dose_is_drawn_against_the_dose_monitors_limits() -> None:
+    """Cumulative dose has no threshold rule: its one source of truth is the dose monitor's
+    table (alerting/domain/dose.py), drawn for 1- and 3-month monitoring periods."""
+    assert _rule_values({"dosimeter"}, "dose_msv") == [], (
+        "a threshold rule on dose_msv now exists: draw it together with DOSE_LIMITS"
+    )
+    doc = grafana_build.agency_dashboards()["radiation.json"]
+    charts = [
+        p
+        for p in doc["panels"]
+        if p["type"] == "timeseries" and '"dose_msv"' in p["targets"][0]["query"]
+    ]
+    assert len(charts) == 1
+    steps = charts[0]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in steps] == [None, *_dose_values()]
+    # 5 mSv/a pro-rated: 0.42 mSv a month, 1.25 a quarter; then 20, 50 and 100 mSv.
+    assert [round(s["value"], 2) for s in steps[1:]] == [0.42, 1.25, 20.0, 50.0, 100.0]
+    # Between the two period levels only monthly-period sites are over: yellow; past 1.25 every
+    # site is (warning), past 20 mSv critical, past 50 emergency.
+    assert [s["color"] for s in steps] == [
+        "green",
+        "yellow",
+        "orange",
+        "red",
+        "dark-red",
+        "dark-red",
+    ]
+    assert "dose:investigation_level" in charts[0]["description"]
 
 
 def test_threshold_colours_follow_the_sites_the_rules_cover() -> None:
@@ -715,12 +849,9 @@ AGENCY_DOCS = sorted(grafana_build.agency_dashboards().items())
 def test_every_panel_returns_data_for_all_and_for_a_drill_down(
     influx: InfluxServer, filled: Filled, file: str, doc: dict[str, Any]
 ) -> None:
-    _check_panels(influx, doc, _all(doc), filled, filled.db)
     # The wall drills down to the district of the silent probe (every wall number is there).
     device = filled.alert_devices.get(doc["uid"], OFFLINE_DEVICE)
-    variables = _variable_values(influx, doc, filled, filled.db, device)
-    _check_panels(influx, doc, variables, filled, filled.db)
-    _check_annotations(influx, doc, variables, filled, filled.db)
+    _check_dashboard(influx, doc, filled, filled.db, device)
 
 
 def test_wall_numbers_match_the_data(influx: InfluxServer, filled: Filled) -> None:
@@ -829,10 +960,22 @@ def test_saturation_line_is_iapws_if97(influx: InfluxServer, filled: Filled) -> 
 # Tenants: data access, dashboards, sync
 
 
+class GrafanaError(Exception):
+    """What Grafana answers with an HTTP error: the stub server sends ``status`` + ``message``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.message = message
+
+
 class FakeGrafana:
-    """An in-memory Grafana with the semantics sync relies on (documented API behaviour):
-    the creator of an organisation becomes its Admin; a user created with an OrgId joins that
-    organisation with the auto-assigned role (Viewer); passwords are never returned."""
+    """An in-memory Grafana with the semantics sync relies on (documented API behaviour), and
+    its refusals: the creator of an organisation becomes its Admin; a user created with an OrgId
+    joins that organisation with the auto-assigned role (Viewer, GF_USERS_AUTO_ASSIGN_ORG_ROLE)
+    and no other; passwords are never returned; a taken organisation name, data source uid or
+    name, folder uid or login is a conflict; membership changes of a non-member and a home
+    dashboard that does not exist are 404s."""
 
     def __init__(self, me: str = "admin") -> None:
         self.me_login = me
@@ -843,12 +986,18 @@ class FakeGrafana:
         self.members: dict[int, dict[int, str]] = {1: {1: "Admin"}}
         self.datasources: dict[tuple[int, str], dict[str, Any]] = {}
         self.passwords: dict[tuple[int, str], str] = {}
+        self.user_passwords: dict[str, str] = {}
         self.folders: dict[tuple[int, str], str] = {}
         self.boards: dict[tuple[int, str], dict[str, Any]] = {}
+        self.homes: dict[int, str] = {}
         self.calls: list[str] = []
 
     def _login(self, user_id: int) -> str:
         return next(u for u, v in self.users_by_login.items() if v["id"] == user_id)
+
+    def _org(self, org_id: int) -> None:
+        if org_id not in self.orgs_by_id:
+            raise GrafanaError(404, "Organization not found")
 
     def me(self) -> str:
         return self.me_login
@@ -858,6 +1007,8 @@ class FakeGrafana:
 
     def create_org(self, name: str) -> int:
         self.calls.append(f"create_org {name}")
+        if name in self.orgs_by_id.values():
+            raise GrafanaError(409, "Organization name taken")
         oid = max(self.orgs_by_id) + 1
         self.orgs_by_id[oid] = name
         self.members[oid] = {self.users_by_login[self.me_login]["id"]: "Admin"}
@@ -865,25 +1016,41 @@ class FakeGrafana:
 
     def rename_org(self, org_id: int, name: str) -> None:
         self.calls.append(f"rename_org {org_id}")
+        self._org(org_id)
+        if name in self.orgs_by_id.values():
+            raise GrafanaError(409, "Organization name taken")
         self.orgs_by_id[org_id] = name
 
     def org_members(self, org_id: int) -> list[dict[str, Any]]:
+        self._org(org_id)
         return [
-            {"userId": u, "login": self._login(u), "role": r}
+            {"orgId": org_id, "userId": u, "login": self._login(u), "role": r}
             for u, r in sorted(self.members[org_id].items())
         ]
 
     def add_org_member(self, org_id: int, login: str, role: str) -> None:
         self.calls.append(f"add_member {org_id} {login} {role}")
-        self.members[org_id][self.users_by_login[login]["id"]] = role
+        self._org(org_id)
+        assert role in ("Viewer", "Editor", "Admin"), role
+        if login not in self.users_by_login:
+            raise GrafanaError(404, "User not found")
+        uid = self.users_by_login[login]["id"]
+        if uid in self.members[org_id]:
+            raise GrafanaError(409, "User is already member of this organization")
+        self.members[org_id][uid] = role
 
     def set_org_role(self, org_id: int, user_id: int, role: str) -> None:
         self.calls.append(f"set_role {org_id} {user_id} {role}")
-        assert user_id in self.members[org_id]
+        self._org(org_id)
+        if user_id not in self.members[org_id]:
+            raise GrafanaError(404, "User not found in organization")
         self.members[org_id][user_id] = role
 
     def remove_org_member(self, org_id: int, user_id: int) -> None:
         self.calls.append(f"remove_member {org_id} {user_id}")
+        self._org(org_id)
+        if user_id not in self.members[org_id]:
+            raise GrafanaError(404, "User not found in organization")
         del self.members[org_id][user_id]
 
     def find_user(self, login: str) -> dict[str, Any] | None:
@@ -898,8 +1065,12 @@ class FakeGrafana:
 
     def create_user(self, login: str, email: str, name: str, password: str, org_id: int) -> int:
         self.calls.append(f"create_user {login} {org_id}")
+        self._org(org_id)
+        if login in self.users_by_login:
+            raise GrafanaError(412, "User with same email or login already exists")
         uid = max(u["id"] for u in self.users_by_login.values()) + 1
         self.users_by_login[login] = {"id": uid, "login": login, "isGrafanaAdmin": False}
+        self.user_passwords[login] = password
         self.members[org_id][uid] = "Viewer"
         return uid
 
@@ -907,6 +1078,8 @@ class FakeGrafana:
         return self.datasources.get((org_id, uid))
 
     def _store_ds(self, org_id: int, body: dict[str, Any]) -> None:
+        for key in ("name", "type", "access", "url", "uid", "jsonData"):
+            assert key in body, f"data source without {key}"
         stored = {k: v for k, v in body.items() if k != "secureJsonData"}
         stored |= {"id": 7, "orgId": org_id, "secureJsonFields": {"basicAuthPassword": True}}
         self.datasources[(org_id, body["uid"])] = stored
@@ -914,11 +1087,17 @@ class FakeGrafana:
 
     def create_datasource(self, org_id: int, body: dict[str, Any]) -> None:
         self.calls.append(f"create_datasource {org_id}")
-        assert (org_id, body["uid"]) not in self.datasources
+        self._org(org_id)
+        if (org_id, body["uid"]) in self.datasources:
+            raise GrafanaError(409, "data source with the same uid already exists")
+        if any(o == org_id and d["name"] == body["name"] for (o, _), d in self.datasources.items()):
+            raise GrafanaError(409, "data source with the same name already exists")
         self._store_ds(org_id, body)
 
     def update_datasource(self, org_id: int, uid: str, body: dict[str, Any]) -> None:
         self.calls.append(f"update_datasource {org_id}")
+        if (org_id, uid) not in self.datasources:
+            raise GrafanaError(404, "Data source not found")
         self._store_ds(org_id, body)
 
     def folder(self, org_id: int, uid: str) -> dict[str, Any] | None:
@@ -927,11 +1106,14 @@ class FakeGrafana:
 
     def create_folder(self, org_id: int, uid: str, title: str) -> None:
         self.calls.append(f"create_folder {org_id}")
+        self._org(org_id)
+        if (org_id, uid) in self.folders:
+            raise GrafanaError(409, "a folder with the same uid already exists")
         self.folders[(org_id, uid)] = title
 
     def dashboards(self, org_id: int, tag: str) -> list[dict[str, Any]]:
         return [
-            {"uid": uid, "folderUid": b["folderUid"]}
+            {"uid": uid, "folderUid": b["folderUid"], "type": "dash-db"}
             for (o, uid), b in sorted(self.boards.items())
             if o == org_id and tag in b["dashboard"].get("tags", [])
         ]
@@ -946,9 +1128,11 @@ class FakeGrafana:
 
     def save_dashboard(self, org_id: int, dashboard: dict[str, Any], folder_uid: str) -> None:
         self.calls.append(f"save_dashboard {org_id} {dashboard['uid']}")
-        assert (org_id, folder_uid) in self.folders
+        if (org_id, folder_uid) not in self.folders:
+            raise GrafanaError(400, "folder not found")
         old = self.boards.get((org_id, dashboard["uid"]))
         version = old["dashboard"]["version"] + 1 if old else 1
+        # What Grafana stores: the JSON as sent, with its own id and version.
         stored = json.loads(json.dumps(dashboard)) | {
             "id": 100 + len(self.boards),
             "version": version,
@@ -957,7 +1141,22 @@ class FakeGrafana:
 
     def delete_dashboard(self, org_id: int, uid: str) -> None:
         self.calls.append(f"delete_dashboard {org_id} {uid}")
+        if (org_id, uid) not in self.boards:
+            raise GrafanaError(404, "Dashboard not found")
         del self.boards[(org_id, uid)]
+        if self.homes.get(org_id) == uid:
+            del self.homes[org_id]
+
+    def org_preferences(self, org_id: int) -> dict[str, Any]:
+        self._org(org_id)
+        home = self.homes.get(org_id, "")
+        return {"theme": "", "homeDashboardId": 0, "homeDashboardUID": home, "timezone": ""}
+
+    def set_home_dashboard(self, org_id: int, uid: str) -> None:
+        self.calls.append(f"set_home {org_id} {uid}")
+        if (org_id, uid) not in self.boards:
+            raise GrafanaError(404, "Dashboard not found")
+        self.homes[org_id] = uid
 
     def org_of(self, tenant: str) -> int:
         return next(i for i, n in self.orgs_by_id.items() if n.endswith(f"[{tenant}]"))
@@ -1033,6 +1232,9 @@ def test_sync_creates_tenant_orgs_and_a_second_run_changes_nothing(
                 {"orgId": org, "name": fake.orgs_by_id[org], "role": "Viewer"}
             ]
     assert fake.members[1] == {1: "Admin"}, "no tenant viewer left in the agency organisation"
+    for spec in tenants:  # each organisation opens on its own first dashboard, not the wall
+        first_board = grafana_build.tenant_dashboards(sorted(spec.kinds or ()))[0]["uid"]
+        assert fake.homes[fake.org_of(spec.id)] == first_board
     grants = _admin(influx).grants(influx_user("xh-renji"))
     assert grants == {filled.prefix + "xh-renji": "READ"}
 
@@ -1108,6 +1310,19 @@ def test_tenant_credentials_read_only_their_own_database(
     ):
         with pytest.raises(InfluxAuthError):
             own.query(statement, filled.prefix + "xh-renji")
+    # Read-only: not even its own database can be written.
+    token = base64.b64encode(
+        f"{influx_user('xh-renji')}:{derive_password(SECRET, 'xh-renji')}".encode()
+    ).decode()
+    request = urllib.request.Request(
+        f"{influx.url}/write?db={filled.prefix}xh-renji",
+        data=b"sterilizer,device=forged temperature_c=121.0",
+        headers={"Authorization": f"Basic {token}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as write:
+        urllib.request.urlopen(request, timeout=10)
+    write.value.close()
+    assert write.value.code == 403
     wrong = InfluxV1(influx.url, influx_user("xh-renji"), "not-the-password")
     with pytest.raises(InfluxAuthError) as unauthenticated:
         wrong.query("SHOW DATABASES")
@@ -1129,12 +1344,9 @@ def test_tenant_dashboards_return_data_with_the_tenants_own_credentials(
     docs = grafana_build.tenant_dashboards(sorted(spec.kinds or ()))
     assert docs
     for doc in docs:
-        _check_panels(as_tenant, doc, _all(doc), filled, db)
         device = filled.alert_devices[doc["uid"]]
         assert filled.devices[device].tenant == tenant
-        variables = _variable_values(as_tenant, doc, filled, db, device)
-        _check_panels(as_tenant, doc, variables, filled, db)
-        _check_annotations(as_tenant, doc, variables, filled, db)
+        _check_dashboard(as_tenant, doc, filled, db, device)
 
 
 def test_tenant_specs_from_registry_like_rows() -> None:
@@ -1182,15 +1394,229 @@ def test_site_info_lines() -> None:
         site_info_lines([{"id": "s", "tenant_id": "t", "latitude": 91, "longitude": 0}], 1)
 
 
+class _Influx2:
+    """InfluxDB 2.x as sync sees it: a version, and v1 logins that exist once the operator ran
+    the printed commands. It has no InfluxQL user management: any statement fails the test."""
+
+    def __init__(self, working: set[str]) -> None:
+        self.working = working
+
+    def version_kind(self) -> str:
+        return "2.x"
+
+    def can_login(self, username: str, password: str) -> bool:
+        return username in self.working and password == derive_password(SECRET, username[10:])
+
+    def query(self, q: str, db: str | None = None) -> list[dict[str, Any]]:
+        raise AssertionError(f"sync sent InfluxQL to a 2.x server: {q[:40]}")
+
+
+def test_sync_on_influxdb_2_prints_the_operator_steps_and_sets_up_grafana(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tenants = _tenants()[:2]
+    settings = SyncSettings(SECRET)
+    fake = FakeGrafana()
+    influx = _Influx2({influx_user("xh-renji")})  # xh-renji's authorisation already exists
+    seen = observe_grafana(fake, tenants, settings)
+    the_plan = plan(tenants, seen, observe_influx(influx, tenants, settings), settings)  # type: ignore[arg-type]
+    assert not [a for a in the_plan.actions if a.op.startswith("influx.")]
+    manual = [m for m in the_plan.manual if m.startswith("qingyuan-water: ")]
+    assert len(the_plan.manual) == len(manual) == 3, the_plan.manual
+    assert "influx bucket create --org weijian --name weijian_t_qingyuan-water" in manual[0]
+    assert "influx v1 dbrp create" in manual[1]
+    assert "--db weijian_t_qingyuan-water" in manual[1]
+    assert "influx v1 auth create" in manual[2]
+    assert "--read-bucket" in manual[2]
+    assert "--write-bucket" not in manual[2]
+    assert not the_plan.empty, "manual steps left: the plan is not done"
+    with caplog.at_level("DEBUG"):
+        report = apply(the_plan, tenants, fake, influx, settings, seen)  # type: ignore[arg-type]
+    # Grafana is set up all the same: the data source works as soon as the login does.
+    for spec in tenants:
+        ds = fake.datasources[(fake.org_of(spec.id), TENANT_DS.uid)]
+        assert ds["basicAuthUser"] == influx_user(spec.id)
+    text = "\n".join([*report.plan.describe(), caplog.text])
+    for spec in tenants:
+        assert derive_password(SECRET, spec.id) not in text
+    assert SECRET not in text
+
+
+def test_sync_never_prints_or_logs_a_secret(
+    influx: InfluxServer, filled: Filled, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Derived InfluxDB passwords, the sync secret and the viewers' initial passwords appear in
+    no plan line and no log record; an InfluxDB error does not echo the statement either."""
+    fake = FakeGrafana()
+    tenants = _tenants()
+    with caplog.at_level("DEBUG"):
+        first = _run(fake, influx, filled, tenants)
+        rotated = SyncSettings("rotated-secret-0123456789", database_prefix=filled.prefix)
+        second = _run(fake, influx, filled, tenants, rotated)
+        _run(fake, influx, filled, tenants)  # back to SECRET for the other tests
+    assert any(a.op == "influx.set_password" for a in second.applied)
+    text = "\n".join([*first.plan.describe(), *second.plan.describe(), caplog.text])
+    secrets = [SECRET, rotated.secret, *first.initial_passwords.values()]
+    secrets += [derive_password(k, t.id) for k in (SECRET, rotated.secret) for t in tenants]
+    assert not [x for x in secrets if x in text]
+    assert str(first.plan.describe()).count("\n") == len(first.plan.describe()) - 1
+    # The secrets went where they belong: Grafana's secure store and the new user's password.
+    assert fake.user_passwords["rj-viewer"] == "initial-pw-123"
+    as_tenant = InfluxV1(influx.url, influx_user("xh-renji"), derive_password(SECRET, "xh-renji"))
+    assert derive_password(SECRET, "xh-renji") not in repr(as_tenant)
+    with pytest.raises(InfluxAuthError) as refused:
+        as_tenant.query("CREATE USER \"intruder\" WITH PASSWORD 'sup3r-s3cret-pw'")
+    assert "sup3r-s3cret-pw" not in str(refused.value)
+
+
+def test_weijian_grafana_sync_command(
+    influx: InfluxServer,
+    filled: Filled,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``weijian grafana sync`` end to end: the registry's tenants, devices and tenant users,
+    grafana-client against the stub Grafana, the real InfluxDB; then a second run: nothing."""
+    from gateway.registry.database import Registry
+    from gateway.registry.models import Device, Site, Tenant, User
+    from weijian.cli import main
+
+    registry = Registry.open(f"sqlite:///{tmp_path / 'registry.db'}", migrate=True)
+    with registry.session() as s, s.begin():
+        s.add(Tenant(id="huating-hotels", name="华庭酒店集团"))
+        s.add(Tenant(id="empty-co", name="No devices yet"))
+        s.add(
+            Site(
+                id="ht-1",
+                tenant_id="huating-hotels",
+                name="华庭 1",
+                region_code="310104",
+                venue_type="hotel",
+            )
+        )
+        s.add(
+            Device(
+                id="am-ht-1",
+                site_id="ht-1",
+                kind="air_monitor",
+                profile="air_monitor_iaq8",
+                protocol="mqtt",
+                interval_s=60.0,
+            )
+        )
+        s.add(
+            User(
+                username="ht-duty",
+                display_name="值班",
+                password_hash="x",
+                role="tenant_user",
+                tenant_id="huating-hotels",
+            )
+        )
+        s.add(User(username="city", password_hash="x", role="city_admin"))
+    registry.close()
+    for name in list(__import__("os").environ):
+        if name.startswith("WEIJIAN_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("WEIJIAN_INFLUX__URL", influx.url)
+    monkeypatch.setenv("WEIJIAN_INFLUX__USERNAME", influx.creds.username)
+    monkeypatch.setenv("WEIJIAN_INFLUX__PASSWORD", influx.creds.password)
+    monkeypatch.setenv("WEIJIAN_INFLUX__TENANT_DATABASE_PREFIX", filled.prefix)
+    monkeypatch.setenv("WEIJIAN_GRAFANA_SYNC_SECRET", SECRET)
+    monkeypatch.setenv("GRAFANA_ADMIN_PASSWORD", "pw")
+    _SYNCED.update({"huating-hotels", "empty-co"})
+    fake = FakeGrafana()
+    with _stub_grafana(fake) as (url, seen):
+        argv = ["grafana", "sync", "--grafana-url", url, "--data-dir", str(tmp_path)]
+        argv += ["--influx-url", "http://influxdb:8086"]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        org = fake.org_of("huating-hotels")
+        assert fake.orgs_by_id[org] == "华庭酒店集团 [huating-hotels]"
+        assert "empty-co" in " ".join(fake.orgs_by_id.values())
+        ds = fake.datasources[(org, TENANT_DS.uid)]
+        assert ds["url"] == "http://influxdb:8086"
+        assert ds["jsonData"]["dbName"] == filled.prefix + "huating-hotels"
+        assert {uid for (o, uid) in fake.boards if o == org} == {"weijian-indoor-air"}
+        (line,) = [x for x in out.splitlines() if x.startswith("new viewer ht-duty")]
+        password = line.rsplit(" ", 1)[1]
+        assert fake.user_passwords["ht-duty"] == password
+        user = fake.users_by_login["ht-duty"]["id"]
+        assert [(o["orgId"], o["role"]) for o in fake.user_orgs(user)] == [(org, "Viewer")]
+        assert "city" not in fake.users_by_login, "staff are not tenant viewers"
+        assert (
+            "huating-hotels: grafana.create_org: 华庭酒店集团 [huating-hotels]" in out.splitlines()
+        )
+        assert derive_password(SECRET, "huating-hotels") not in out
+        grants = _admin(influx).grants(influx_user("huating-hotels"))
+        assert grants == {filled.prefix + "huating-hotels": "READ"}
+
+        seen.clear()
+        assert main(argv) == 0
+        assert capsys.readouterr().out.splitlines() == ["nothing to do"]
+        assert [r for r in seen if r[0] != "GET"] == []
+
+
+def test_provisioning_is_wired_to_the_dashboards() -> None:
+    """The compose stack's Grafana: provisioning folders at Grafana's paths, the data source uid
+    the dashboards name, the folder, and the home dashboard inside the mounted directory."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    grafana = compose["services"]["grafana"]
+    mounts = {}
+    for volume in grafana["volumes"]:
+        source, target, *mode = volume.split(":")
+        mounts[target] = (source, mode)
+    for kind in ("datasources", "dashboards"):
+        source, mode = mounts[f"/etc/grafana/provisioning/{kind}"]
+        assert list((ROOT / source).glob("*.yaml")), kind
+        assert mode == ["ro"]
+    (ds_file,) = (ROOT / "deploy/grafana/provisioning/datasources").glob("*.yaml")
+    datasources = yaml.safe_load(ds_file.read_text(encoding="utf-8"))
+    assert datasources["apiVersion"] == 1
+    (ds,) = datasources["datasources"]
+    assert (ds["uid"], ds["type"]) == (AGENCY_DS.uid, AGENCY_DS.type)
+    assert ds["uid"] != TENANT_DS.uid
+    assert ds["jsonData"]["version"] == "InfluxQL"
+    assert ds["access"] == "proxy"
+    (provider_file,) = (ROOT / "deploy/grafana/provisioning/dashboards").glob("*.yaml")
+    providers = yaml.safe_load(provider_file.read_text(encoding="utf-8"))
+    assert providers["apiVersion"] == 1
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+    assert provider["orgId"] == 1
+    assert provider["folderUid"] == SyncSettings("x" * 16).folder_uid
+    assert provider["allowUiUpdates"] is False
+    source, _ = mounts[provider["options"]["path"]]
+    assert (ROOT / source).resolve() == grafana_build.DASHBOARD_DIR
+    env = grafana["environment"]
+    home = Path(env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert home.parent == Path(provider["options"]["path"])
+    assert (grafana_build.DASHBOARD_DIR / home.name).is_file()
+    assert (
+        json.loads((grafana_build.DASHBOARD_DIR / home.name).read_text())["uid"] == "weijian-wall"
+    )
+    # Tenant viewers are created with their organisation's id: auto-assignment must be on
+    # (otherwise Grafana gives each new user an organisation of their own, as its Admin).
+    assert env["GF_USERS_AUTO_ASSIGN_ORG"] == "true"
+    assert env["GF_USERS_AUTO_ASSIGN_ORG_ROLE"] == "Viewer"
+    assert grafana["image"].startswith("grafana/grafana:11.6.")
+
+
 # ------------------------------------------------------------------------------------------
 # The thin apply step, through grafana-client over HTTP
 
 
 class _StubGrafana(BaseHTTPRequestHandler):
-    """Grafana's HTTP API (the endpoints sync uses) over a FakeGrafana."""
+    """Grafana's HTTP API (the endpoints sync uses) over a FakeGrafana, with Grafana's contract:
+    ``/api`` paths and methods as documented; basic auth of the server admin on every request
+    (401 otherwise); organisation-scoped endpoints act on the organisation named by
+    ``X-Grafana-Org-Id``, or without it on the caller's current organisation (1), and refuse an
+    organisation the caller is not a member of; JSON error bodies ``{"message": ...}``."""
 
     fake: FakeGrafana
-    seen: list[str]
+    seen: list[tuple[str, str, int | None]]  # (method, path, X-Grafana-Org-Id)
+    auth: str
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -1205,16 +1631,23 @@ class _StubGrafana(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         url = urllib.parse.urlsplit(self.path)
-        path, query = url.path.removeprefix("/api"), urllib.parse.parse_qs(url.query)
+        query = urllib.parse.parse_qs(url.query)
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
-        org = int(self.headers.get("X-Grafana-Org-Id") or 0)
-        self.seen.append(f"{method} {path}{' org=' + str(org) if org else ''}")
+        header = self.headers.get("X-Grafana-Org-Id")
+        self.seen.append((method, url.path, int(header) if header else None))
+        if self.headers.get("Authorization") != self.auth:
+            return self._send(401, {"message": "Unauthorized"})
+        if not url.path.startswith("/api/"):
+            return self._send(404, {"message": "Not found"})
+        path = url.path.removeprefix("/api")
         f = self.fake
-        routes: list[tuple[str, str, Any]] = [
-            ("GET", r"/user", lambda: {"login": f.me()}),
+        org = int(header) if header else 1  # no header: the admin's current organisation
+        me = f.users_by_login[f.me_login]["id"]
+        admin: list[tuple[str, str, Any]] = [  # server-admin APIs: the header does not matter
+            ("GET", r"/user", lambda: {"id": me, "login": f.me(), "isGrafanaAdmin": True}),
             ("GET", r"/orgs", f.orgs),
-            ("POST", r"/orgs", lambda: {"orgId": f.create_org(body["name"])}),
+            ("POST", r"/orgs", lambda: {"orgId": f.create_org(body["name"]), "message": "ok"}),
             ("PUT", r"/orgs/(\d+)", lambda i: f.rename_org(int(i), body["name"])),
             ("GET", r"/orgs/(\d+)/users", lambda i: f.org_members(int(i))),
             (
@@ -1239,10 +1672,18 @@ class _StubGrafana(BaseHTTPRequestHandler):
                 r"/admin/users",
                 lambda: {
                     "id": f.create_user(
-                        body["login"], body["email"], body["name"], body["password"], body["OrgId"]
-                    )
+                        body["login"],
+                        body["email"],
+                        body["name"],
+                        body["password"],
+                        # Grafana binds the JSON case-insensitively: OrgId or orgId.
+                        body.get("orgId", body.get("OrgId", 0)),
+                    ),
+                    "message": "User created",
                 },
             ),
+        ]
+        scoped: list[tuple[str, str, Any]] = [  # organisation-scoped APIs
             ("GET", r"/datasources/uid/([\w-]+)", lambda u: f.datasource(org, u)),
             ("POST", r"/datasources", lambda: f.create_datasource(org, body)),
             ("PUT", r"/datasources/uid/([\w-]+)", lambda u: f.update_datasource(org, u, body)),
@@ -1250,21 +1691,40 @@ class _StubGrafana(BaseHTTPRequestHandler):
             ("POST", r"/folders", lambda: f.create_folder(org, body["uid"], body["title"])),
             ("GET", r"/search", lambda: f.dashboards(org, query["tag"][0])),
             ("GET", r"/dashboards/uid/([\w-]+)", lambda u: f.dashboard(org, u)),
-            (
-                "POST",
-                r"/dashboards/db",
-                lambda: f.save_dashboard(org, body["dashboard"], body["folderUid"]),
-            ),
+            ("POST", r"/dashboards/db", lambda: self._save(org, body)),
             ("DELETE", r"/dashboards/uid/([\w-]+)", lambda u: f.delete_dashboard(org, u)),
+            ("GET", r"/org/preferences", lambda: f.org_preferences(org)),
+            ("PATCH", r"/org/preferences", lambda: self._prefs(org, body)),
         ]
-        for verb, pattern, handler in routes:
-            m = re.fullmatch(pattern, path)
-            if verb == method and m:
-                result = handler(*m.groups())
+        for routes, org_scoped in ((admin, False), (scoped, True)):
+            for verb, pattern, handler in routes:
+                m = re.fullmatch(pattern, path)
+                if verb != method or not m:
+                    continue
+                if org_scoped and me not in f.members.get(org, {}):
+                    return self._send(401, {"message": "User is not a member of the organization"})
+                try:
+                    result = handler(*m.groups())
+                except GrafanaError as exc:
+                    return self._send(exc.status, {"message": exc.message})
+                except (AssertionError, KeyError, TypeError) as exc:  # a body Grafana refuses
+                    return self._send(400, {"message": f"bad request: {exc!r}"})
                 if result is None and method == "GET":
-                    return self._send(404, {"message": "not found"})
+                    return self._send(404, {"message": "Not found"})
                 return self._send(200, result if result is not None else {"message": "ok"})
         self._send(404, {"message": f"no route {method} {path}"})
+
+    def _save(self, org: int, body: dict[str, Any]) -> dict[str, Any]:
+        assert body["overwrite"] is True
+        assert body["dashboard"]["uid"]
+        assert body["dashboard"]["title"]
+        assert "id" not in body["dashboard"], "a new dashboard is saved without an id"
+        self.fake.save_dashboard(org, body["dashboard"], body["folderUid"])
+        return {"status": "success", "uid": body["dashboard"]["uid"]}
+
+    def _prefs(self, org: int, body: dict[str, Any]) -> None:
+        assert set(body) == {"homeDashboardUID"}, "PATCH only what changes"
+        self.fake.set_home_dashboard(org, body["homeDashboardUID"])
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -1282,30 +1742,105 @@ class _StubGrafana(BaseHTTPRequestHandler):
         self._handle("DELETE")
 
 
-def test_sync_through_grafana_client_over_http(influx: InfluxServer, filled: Filled) -> None:
-    from grafana_client import GrafanaApi
-
-    fake, seen = FakeGrafana(), []
-    handler = type("H", (_StubGrafana,), {"fake": fake, "seen": seen})
+@contextlib.contextmanager
+def _stub_grafana(
+    fake: FakeGrafana, password: str = "pw"
+) -> Iterator[tuple[str, list[tuple[str, str, int | None]]]]:
+    """A stub Grafana on a free loopback port: (its URL, the requests it saw)."""
+    seen: list[tuple[str, str, int | None]] = []
+    auth = "Basic " + base64.b64encode(f"{fake.me_login}:{password}".encode()).decode()
+    handler = type("H", (_StubGrafana,), {"fake": fake, "seen": seen, "auth": auth})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        api = GrafanaApi(
-            auth=("admin", "pw"), host="127.0.0.1", port=server.server_address[1], protocol="http"
-        )
-        tenants = _tenants()[:1]
-        _SYNCED.update(t.id for t in tenants)
-        first = sync(api, _admin(influx), tenants, secret=SECRET, database_prefix=filled.prefix)
-        assert first.applied
-        assert not first.plan.conflicts
-        org = fake.org_of("qingyuan-water")
-        assert f"POST /datasources org={org}" in seen
-        assert f"POST /dashboards/db org={org}" in seen
-        assert sync(
-            api, _admin(influx), tenants, secret=SECRET, database_prefix=filled.prefix, dry_run=True
-        ).plan.empty
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+_ORG_SCOPED = re.compile(r"^/api/(datasources|folders|search|dashboards|org/)")
+
+
+def test_sync_through_grafana_client_over_http(influx: InfluxServer, filled: Filled) -> None:
+    from grafana_client import GrafanaApi
+
+    fake = FakeGrafana()
+    fake.users_by_login["qy-viewer"] = {"id": 50, "login": "qy-viewer", "isGrafanaAdmin": False}
+    fake.members[1][50] = "Viewer"  # auto-assigned to the agency's organisation earlier
+    tenants = _tenants()[:2]
+    _SYNCED.update(t.id for t in tenants)
+    with _stub_grafana(fake) as (url, seen):
+        api = GrafanaApi.from_url(url, credential=("admin", "pw"))
+        first = sync(api, _admin(influx), tenants, secret=SECRET, database_prefix=filled.prefix)
+        assert first.applied
+        assert not first.plan.conflicts
+        for spec in tenants:
+            org = fake.org_of(spec.id)
+            ds = fake.datasources[(org, TENANT_DS.uid)]
+            assert (ds["basicAuthUser"], ds["jsonData"]["dbName"]) == (
+                influx_user(spec.id),
+                filled.prefix + spec.id,
+            )
+            assert fake.passwords[(org, TENANT_DS.uid)] == derive_password(SECRET, spec.id)
+            boards = [d["uid"] for d in grafana_build.tenant_dashboards(sorted(spec.kinds or ()))]
+            assert {uid for (o, uid) in fake.boards if o == org} == set(boards)
+            assert fake.homes[org] == boards[0]
+            for viewer in spec.viewers:
+                user = fake.users_by_login[viewer.login]["id"]
+                assert [(o["orgId"], o["role"]) for o in fake.user_orgs(user)] == [(org, "Viewer")]
+        # Every organisation-scoped call named its organisation, never the agency's.
+        scoped = [(m, p, o) for m, p, o in seen if _ORG_SCOPED.match(p)]
+        assert scoped
+        assert all(o is not None and o != 1 for _, _, o in scoped), scoped
+        tenant_orgs = {fake.org_of(t.id) for t in tenants}
+        assert {o for _, _, o in scoped} == tenant_orgs
+        # The agency organisation keeps only its admin; the wall's data source is untouched.
+        assert fake.members[1] == {1: "Admin"}
+        assert not [k for k in fake.datasources if k[0] == 1]
+
+        seen.clear()
+        second = sync(api, _admin(influx), tenants, secret=SECRET, database_prefix=filled.prefix)
+        assert second.plan.empty, second.plan.describe()
+        assert [r for r in seen if r[0] != "GET"] == [], "a second run changes nothing"
+
+        # Wrong admin password: Grafana's 401 reaches the caller.
+        from grafana_client.client import GrafanaUnauthorizedError
+
+        wrong = GrafanaApi.from_url(url, credential=("admin", "nope"))
+        with pytest.raises(GrafanaUnauthorizedError):
+            sync(wrong, _admin(influx), tenants, secret=SECRET, database_prefix=filled.prefix)
+
+
+def test_sync_joins_a_tenant_organisation_it_is_not_a_member_of(
+    influx: InfluxServer, filled: Filled
+) -> None:
+    """An organisation of the tenant exists but sync's admin is not in it (another admin made
+    it, or was removed): Grafana refuses its contents, so the first run only joins it and says
+    so; the second finishes; the third has nothing to do."""
+    from grafana_client import GrafanaApi
+
+    fake = FakeGrafana()
+    fake.orgs_by_id[7] = "华庭酒店集团 [huating-hotels]"
+    fake.members[7] = {}
+    tenants = [t for t in _tenants() if t.id == "huating-hotels"]
+    _SYNCED.update(t.id for t in tenants)
+    with _stub_grafana(fake) as (url, _):
+        api = GrafanaApi.from_url(url, credential=("admin", "pw"))
+
+        def run() -> Any:
+            return sync(api, _admin(influx), tenants, secret=SECRET, database_prefix=filled.prefix)
+
+        first = run()
+        assert [a.op for a in first.applied if a.op.startswith("grafana.")] == [
+            "grafana.add_member"
+        ]
+        assert any("run `weijian grafana sync` again" in m for m in first.plan.manual)
+        assert fake.members[7] == {1: "Admin"}
+        second = run()
+        assert (7, TENANT_DS.uid) in fake.datasources
+        assert fake.homes[7] == "weijian-indoor-air"
+        assert not second.plan.manual
+        assert run().plan.empty

@@ -182,9 +182,15 @@ def cmd_grafana_sync(args: argparse.Namespace, settings: Settings) -> int:
     if not password and not args.dry_run:
         raise ValueError("set GRAFANA_ADMIN_PASSWORD (a Grafana server admin's password)")
     i = settings.influx
-    if i.username is None or i.password is None:
+    # 1.x: sync creates the tenants' databases, read-only users and grants, as an InfluxDB
+    # admin. 2.x has no InfluxQL user management: sync only pings and tries the tenants' own
+    # logins (and prints the `influx` commands), so no admin credentials are needed there.
+    influx = InfluxV1(
+        i.url, i.username or "", i.password.get_secret_value() if i.password is not None else ""
+    )
+    if (i.username is None or i.password is None) and influx.version_kind() == "1.x":
         raise ValueError(
-            "InfluxDB admin credentials are needed (WEIJIAN_INFLUX__USERNAME/PASSWORD)"
+            "InfluxDB 1.x: admin credentials are needed (WEIJIAN_INFLUX__USERNAME/PASSWORD)"
         )
     registry = _open_registry(settings)
     try:
@@ -200,7 +206,7 @@ def cmd_grafana_sync(args: argparse.Namespace, settings: Settings) -> int:
     client = GrafanaApi.from_url(args.grafana_url, credential=(args.grafana_user, password))
     report = sync(
         client,
-        InfluxV1(i.url, i.username, i.password.get_secret_value()),
+        influx,
         specs,
         secret=secret,
         influx_url=args.influx_url or i.url,

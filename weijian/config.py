@@ -138,6 +138,14 @@ class AlertingSettings(_Section):
         description="Run the detector in this process (registry mode; one process only, see "
         "docs/alerting.md on workers).",
     )
+    tap: bool | None = Field(
+        default=None,
+        description="With a shared MQTT subscription (mqtt.share_group): true runs the detector "
+        "in this process, fed all MQTT telemetry by a tap (its own unshared subscription); set "
+        "it in exactly one process. None: `serve --workers N` picks worker 0, a process started "
+        "with mqtt.share_group alone runs no detector. false: never here. No effect without a "
+        "share group (the one process runs the detector).",
+    )
     nodata_multiple: float = Field(
         default=3.0, ge=1, description="A device is silent after this many expected intervals."
     )
@@ -157,7 +165,9 @@ class AlertingSettings(_Section):
     warmup: bool = Field(
         default=True, description="Warm the anomaly detectors up from InfluxDB on start."
     )
-    warmup_window_s: float = Field(default=6 * 3600.0, gt=0, description="History read back.")
+    warmup_window_s: float = Field(
+        default=6 * 3600.0, gt=0, description="Raw history read back (drift: hourly rollups)."
+    )
     warmup_max_points: int = Field(
         default=500, ge=1, le=100_000, description="Readings read back per device, at most."
     )

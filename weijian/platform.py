@@ -26,6 +26,8 @@ from collectors.hj212 import Hj212Collector
 from collectors.metrics import Metrics
 from collectors.modbus import ModbusCollector
 from collectors.mqtt import MqttCollector
+from collectors.mqtt.collector import PROTOCOL as MQTT_PROTOCOL
+from collectors.mqtt.tap import MqttTap
 from collectors.pipeline import Ingestor
 from collectors.records import encode_event
 from collectors.spool import Spool
@@ -46,7 +48,7 @@ from protocols.influx.client import InfluxClient
 from protocols.influx.schema import ensure_schema
 from protocols.influx.writer import BatchWriter, FileDeadLetter
 from protocols.mosquitto_auth import DeviceAccess
-from protocols.reading import ReadingValidator
+from protocols.reading import Reading, ReadingValidator
 from weijian.config import Settings
 from weijian.secrets import jwt_secret
 
@@ -93,6 +95,7 @@ class Platform:
         self.ingestor: Ingestor | None = None
         self.mqtt: MqttCollector | None = None
         self.alerts: AlertEngine | None = None  # the detector, when this process runs it
+        self.alert_tap: MqttTap | None = None  # its MQTT feed, with a shared subscription
         self.notifier: Dispatcher | None = None
         self.alert_contexts: RegistryContexts | None = None
 
@@ -313,12 +316,16 @@ class Platform:
                 log.exception("alerting contexts not refreshed; the engine's tick retries")
 
     async def _start_alerting(self) -> None:
-        """The alert engine and its notifier, in registry mode and in one process only.
+        """The alert engine and its notifier, in registry mode, in one process of a deployment.
 
-        With a shared MQTT subscription (``weijian serve --workers N``, or several hosts) each
-        process sees only part of every device's readings: thresholds would judge a fraction of
-        the samples and the no-data monitor would find most devices silent. Until a broker topic
-        carries the readings to one detector, alerting stays off there (docs/alerting.md).
+        The engine needs every reading of a device. One process (no ``mqtt.share_group``) feeds
+        it everything it ingests. With a shared MQTT subscription (``weijian serve --workers N``,
+        or several hosts) each process ingests only part of the MQTT readings, so the engine runs
+        in the one process with ``alerting.tap`` (worker 0 under ``serve --workers``), fed the
+        readings it ingests itself over other protocols (HTTP, CoAP, HJ 212, Modbus) by its
+        ingestor, and all MQTT telemetry by a tap: a second, unshared subscription
+        (collectors/mqtt/tap.py). The MQTT readings its own collector ingests skip the engine
+        (they come through the tap too). Other processes run no engine (docs/alerting.md).
         """
         s = self.settings
         assert self.registry is not None
@@ -326,25 +333,37 @@ class Platform:
         if not s.alerting.enabled:
             log.info("alerting disabled (alerting.enabled = false)")
             return
-        if s.mqtt.share_group is not None:
-            log.warning(
-                "alerting OFF in this process: the MQTT subscription is shared (group %r), so it "
-                "sees only part of the readings; run the platform as one process for alerts "
-                "(see docs/alerting.md, multi-worker)",
+        shared = s.mqtt.share_group is not None
+        if shared and not s.alerting.tap:
+            log.info(
+                "alerting not in this process: the MQTT subscription is shared (group %r) and "
+                "alerting.tap is %s; the process with alerting.tap = true runs the alert engine "
+                "(under `serve --workers`: worker 0)",
                 s.mqtt.share_group,
+                "false" if s.alerting.tap is False else "unset",
             )
             return
         contexts = RegistryContexts(self.registry)
         await asyncio.to_thread(contexts.refresh)
         ingestor = self.ingestor
+
+        def attach(listener: Callable[[Reading], None]) -> None:
+            # With a tap, MQTT readings reach the engine only through it: not twice.
+            ingestor.add_listener(listener, skip=(MQTT_PROTOCOL,) if shared else ())
+
+        def connected() -> bool:
+            # No-data checks pause while the engine cannot hear MQTT devices.
+            mqtt = self.alert_tap if shared else self.mqtt
+            return mqtt is not None and mqtt.connected.is_set()
+
         engine = AlertEngine(
             contexts,
             s.alerting,
             store=AlertStore(self.registry),
             spool=self.spool,
-            connected=lambda: self.mqtt is not None and self.mqtt.connected.is_set(),
+            connected=connected,
             refresh=contexts.refresh,
-            attach=ingestor.listeners.append,
+            attach=attach,
             influx=self.influx,
             influx_database=s.influx.database,
             resolutions=profile_resolutions(),
@@ -358,6 +377,26 @@ class Platform:
         self.notifier = notifier
         await engine.start()
         self.alerts = engine
+        self.metrics.attach("alerting", engine)
+        if not shared:
+            log.info(
+                "alerting runs in this process, fed every reading it ingests (MQTT subscription "
+                "not shared)"
+            )
+            return
+        tap = MqttTap(s.mqtt, ingestor, engine.listener)
+        self.alert_tap = tap  # before entering: aclose() stops it whatever happens next
+        await tap.__aenter__()
+        self.metrics.attach("alerting_tap", tap.stats)
+        log.info(
+            "alerting runs in this process (alerting.tap): MQTT telemetry from the tap (client "
+            "%r, unshared QoS 1 subscription to %s, persistent session), not from this "
+            "process's share of group %r; readings it ingests over HTTP, CoAP, HJ 212 and Modbus "
+            "from its ingestor. No other process may set alerting.tap",
+            tap.settings.client_id,
+            tap.topic,
+            s.mqtt.share_group,
+        )
 
     async def _start_gateway(self) -> None:
         assert self.registry is not None
@@ -395,6 +434,10 @@ class Platform:
             with contextlib.suppress(Exception):
                 await self.mqtt.__aexit__(None, None, None)
             self.mqtt = None
+        if self.alert_tap is not None:  # what it did not ack waits in its session for the next
+            with contextlib.suppress(Exception):
+                await self.alert_tap.__aexit__(None, None, None)
+            self.alert_tap = None
         # No more readings: persist and spool the last transitions, let the notifier drain.
         if self.alerts is not None:
             with contextlib.suppress(Exception):

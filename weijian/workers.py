@@ -7,6 +7,10 @@ own persistent session (``<client_id>-w<i>``), its own data directory (spool, de
 own metrics port (``port + i``); all read the same device directory. The parent only starts,
 watches and stops them: a worker that dies is restarted, and because its session and spool keep
 their names, it picks up where it stopped.
+
+Worker 0 alone runs the gateway, the HJ 212 and CoAP listeners, the Modbus poller and the alert
+engine; the engine hears MQTT telemetry through its own unshared subscription, the tap
+(collectors/mqtt/tap.py), since the shared one brings it only part of the readings.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     data["spool"]["directory"] = settings.spool_dir / f"worker-{index}"
     data["mqtt"]["client_id"] = f"{settings.mqtt.client_id}-w{index}"
     data["mqtt"]["share_group"] = settings.mqtt.share_group or DEFAULT_SHARE_GROUP
+    # The alert engine needs every reading: worker 0 runs it, fed MQTT telemetry by its tap (an
+    # unshared subscription), unless the settings keep it off this machine (alerting.tap false).
+    data["alerting"]["tap"] = settings.alerting.tap is not False and index == 0
     if settings.metrics.port:
         data["metrics"]["port"] = settings.metrics.port + index
     return Settings.model_validate(data)

@@ -111,6 +111,11 @@ class DriftDetector:
             self._block.append(value)
         return self._score
 
+    @property
+    def history_s(self) -> float:
+        """The window judged, in seconds: what a warm-up must restore (alerting/warmup.py)."""
+        return self.block_s * self.blocks
+
     def state_size(self) -> int:
         return 2 * len(self._blocks) + len(self._block) + 2
 

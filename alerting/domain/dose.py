@@ -17,9 +17,9 @@ A period ends when the counter resets: a reading lower than the previous one by 
 dosimeter swapped mid-period is still handled). The closed period's dose is its highest reading.
 
 Findings are raised when a sum first exceeds its limit and cleared when it no longer does (a new
-period, a year rolling over, old periods ageing out). The limits are a table with the standard
-and grade beside each value (:data:`DOSE_LIMITS`). Memory: one entry per closed period, for five
-years (60 monthly periods), capped.
+period, a year rolling over, old periods ageing out). The limits are data, with the standard and
+grade beside each value (``alerting/data/dose_limits.yaml``, :data:`DOSE_LIMITS`). Memory: one
+entry per closed period, for five years (60 monthly periods), capped.
 """
 
 from __future__ import annotations
@@ -28,59 +28,77 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from alerting.domain.findings import Finding, utc
 from alerting.model import Severity
 
+DOSE_LIMITS_FILE = Path(__file__).resolve().parent.parent / "data" / "dose_limits.yaml"
 _YEAR_S = 365.0 * 86400.0
 _MAX_PERIODS = 400  # closed periods kept; older ones are merged pairwise beyond this
+
+
+Scope = Literal["period", "rolling_12_months", "calendar_year", "five_years"]
 
 
 @dataclass(frozen=True, slots=True)
 class DoseLimit:
     rule: str
-    scope: str  # "period" | "rolling_12_months" | "calendar_year" | "five_years"
+    scope: Scope
     limit_msv: float  # for "period": the annual investigation level, pro-rated per period
     severity: Severity
     standard: str
     confidence: str
 
 
-#: The dose rules (reference/standards.md §3.2–3.3). Candidates for a data file beside the others.
-DOSE_LIMITS: tuple[DoseLimit, ...] = (
-    DoseLimit(
-        "dose:investigation_level",
-        "period",
-        5.0,
-        Severity.WARNING,
-        "GBZ 128-2019 调查水平: 年有效剂量 5 mSv, 按监测周期折算",
-        "B (5 mSv/a); C (pro-rating per period)",
-    ),
-    DoseLimit(
-        "dose:rolling_12_months",
-        "rolling_12_months",
-        20.0,
-        Severity.CRITICAL,
-        "GB 18871-2002 附录B B1: 职业照射 连续5年平均有效剂量 20 mSv/a",
-        "B",
-    ),
-    DoseLimit(
-        "dose:calendar_year",
-        "calendar_year",
-        50.0,
-        Severity.EMERGENCY,
-        "GB 18871-2002 附录B B1: 任何一年中的有效剂量 50 mSv",
-        "B",
-    ),
-    DoseLimit(
-        "dose:five_years",
-        "five_years",
-        100.0,
-        Severity.EMERGENCY,
-        "GB 18871-2002 附录B B1: 连续5年 5 × 20 mSv",
-        "B",
-    ),
-)
+class _LimitEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: str = Field(pattern=r"^dose:[a-z0-9_]+$")
+    scope: Scope
+    limit_msv: float = Field(gt=0, allow_inf_nan=False)
+    severity: Annotated[Severity, BeforeValidator(Severity.parse)]
+    standard: str = Field(min_length=1)
+    confidence: str = Field(min_length=1)
+
+
+class _LimitsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limits: list[_LimitEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> _LimitsFile:
+        rules = [e.rule for e in self.limits]
+        dupes = sorted({r for r in rules if rules.count(r) > 1})
+        if dupes:
+            raise ValueError(f"duplicate rules: {', '.join(dupes)}")
+        return self
+
+
+def load_dose_limits(path: Path = DOSE_LIMITS_FILE) -> tuple[DoseLimit, ...]:
+    """Read and validate the limits; errors name the file and the entry (by index)."""
+    try:
+        parsed = _LimitsFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"{path}: {problems}") from exc
+    return tuple(
+        DoseLimit(e.rule, e.scope, e.limit_msv, e.severity, e.standard, e.confidence)
+        for e in parsed.limits
+    )
+
+
+#: The dose rules (reference/standards.md §3.2–3.3), from alerting/data/dose_limits.yaml.
+DOSE_LIMITS: tuple[DoseLimit, ...] = load_dose_limits()
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from collectors.pipeline import Ingestor
 from collectors.spool import SpoolFull
 from protocols.backoff import backoff_delay
+from protocols.directory import DeviceInfo
 from protocols.mqtt_loop import AsyncioMqttLoop
 from protocols.mqtt_telemetry import decode_payload, parse_topic, telemetry_filter
 from protocols.reading import Reason, Rejection
@@ -34,7 +35,38 @@ log = logging.getLogger(__name__)
 PROTOCOL = "mqtt"
 
 
+class MessageRefused(Exception):
+    """A telemetry message refused as a whole; ``device`` is ``"?"`` when the topic had none."""
+
+    def __init__(self, device: str, rejection: Rejection) -> None:
+        super().__init__(str(rejection))
+        self.device = device
+        self.rejection = rejection
+
+
+def read_message(
+    settings: MqttSettings, ingestor: Ingestor, topic: str, payload: bytes
+) -> tuple[DeviceInfo, list[Any]]:
+    """A telemetry message's device (as registered, checked against its topic) and its raw
+    readings; raises :class:`MessageRefused`. Counts nothing: the caller decides (the collector
+    counts the rejection, the alerting tap only drops the message)."""
+    device = "?"
+    try:
+        if len(payload) > settings.max_payload_bytes:
+            raise Rejection(
+                Reason.OVERSIZED, f"{len(payload)} bytes; at most {settings.max_payload_bytes}"
+            )
+        identity = parse_topic(settings.topic_prefix, topic)
+        device = identity.device
+        info = ingestor.identify(PROTOCOL, identity.device, identity.tenant, identity.site)
+        return info, decode_payload(payload)
+    except Rejection as rejection:
+        raise MessageRefused(device, rejection) from None
+
+
 class MqttCollector:
+    ROLE = "collector"  # in log lines (the alerting tap is a variant)
+
     def __init__(self, settings: MqttSettings, ingestor: Ingestor) -> None:
         self.settings = settings
         self.ingestor = ingestor
@@ -143,8 +175,9 @@ class MqttCollector:
     ) -> None:
         if reason.is_failure:
             log.error(
-                "MQTT broker refused the collector's connection: %s (check mqtt.username/"
+                "MQTT broker refused the %s's connection: %s (check mqtt.username/"
                 "password and the broker's ACL)",
+                self.ROLE,
                 reason,
             )
             return
@@ -153,7 +186,8 @@ class MqttCollector:
         topic = telemetry_filter(self.settings.topic_prefix, self.settings.share_group)
         client.subscribe(topic, qos=1)
         log.info(
-            "MQTT connected to %s:%s (session present: %s), subscribed to %s",
+            "MQTT %s connected to %s:%s (session present: %s), subscribed to %s",
+            self.ROLE,
             self.settings.host,
             self.settings.port,
             flags.session_present,
@@ -168,7 +202,7 @@ class MqttCollector:
         self._generation += 1
         self._backlog.clear()  # unacknowledged: the broker redelivers them to the next session
         if not self._closing:
-            log.warning("MQTT connection lost (%s); reconnecting", reason)
+            log.warning("MQTT %s connection lost (%s); reconnecting", self.ROLE, reason)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -181,19 +215,10 @@ class MqttCollector:
     def _handle(self, msg: mqtt.MQTTMessage) -> bool:
         """Process one message; False when the spool is full and it must wait."""
         generation = self._generation
-        device = "?"
         try:
-            if len(msg.payload) > self.settings.max_payload_bytes:
-                raise Rejection(
-                    Reason.OVERSIZED,
-                    f"{len(msg.payload)} bytes; at most {self.settings.max_payload_bytes}",
-                )
-            identity = parse_topic(self.settings.topic_prefix, msg.topic)
-            device = identity.device
-            info = self.ingestor.identify(PROTOCOL, identity.device, identity.tenant, identity.site)
-            raws = decode_payload(msg.payload)
-        except Rejection as rejection:
-            self.ingestor.count_rejection(PROTOCOL, device, rejection)
+            info, raws = read_message(self.settings, self.ingestor, msg.topic, msg.payload)
+        except MessageRefused as refused:
+            self.ingestor.count_rejection(PROTOCOL, refused.device, refused.rejection)
             self._ack(msg, generation)
             return True
         try:

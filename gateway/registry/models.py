@@ -315,3 +315,34 @@ class AlertTransitionRow(Base):
     actor: Mapped[str | None] = mapped_column(String(64), default=None)
     comment: Mapped[str | None] = mapped_column(Text, default=None)
     value: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+# ---- records: what sites declare (medical waste hand-overs, disinfections; alerting/domain) -----
+
+
+class RecordEventRow(Base):
+    """A record a site declared through the gateway (``POST /records``, ``/ingest/v1/records``).
+
+    The records monitor's input (alerting/domain/records.py): handed to the alert engine once
+    committed, and replayed into it at its start. One row per (site, record type, time, ref): a
+    retry of the same declaration finds the row already there. ``ref`` is ``""`` when the record
+    carries no bag or batch code (the API shows ``null``), so that the unique constraint holds on
+    every backend (NULLs are distinct in a SQL unique constraint). Records go with their site.
+    """
+
+    __tablename__ = "record_events"
+    __table_args__ = (
+        UniqueConstraint(
+            "site_id", "record_type", "at", "ref", name="uq_record_events_site_type_at_ref"
+        ),
+        Index("ix_record_events_site_at", "site_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    record_type: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(index=True)  # when the record says it happened
+    ref: Mapped[str] = mapped_column(String(64), default="")  # "" = no code
+    source: Mapped[str] = mapped_column(String(8))  # user | device
+    posted_by: Mapped[str] = mapped_column(String(64))  # username or device id
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -140,6 +140,10 @@ class AirMonitorSpec(BaseModel):
     temp_swing_c: float = Field(default=1.0, ge=0, le=15, description="Daily amplitude, peak 15:00")
     occupant_heat_c: float = Field(default=1.0, ge=0, description="Warming at full occupancy")
     dewpoint_c: float = Field(default=10.0, ge=-30, le=35)
+    dewpoint_day_sigma_c: float = Field(
+        default=1.5, ge=0, le=10,
+        description="Day-to-day dew-point spread; smaller where the HVAC humidifies",
+    )
 
     co2_noise_ppm: float = Field(default=15.0, ge=0)
     co2_noise_rel: float = Field(default=0.015, ge=0)
@@ -313,8 +317,8 @@ class AirMonitorSignal:
         hcho_day = math.exp(0.1 * z_hcho)
         hcho_target = spec.outdoor_hcho_mg_m3 + spec.hcho_mg_m3_at_23c * hcho_day * math.exp(
             spec.hcho_temp_coeff_per_c * (t_slot - 23.0))
-        # Dew point: day-to-day (σ 1.5 °C) plus occupants' moisture (~50 g/h each).
-        dew = spec.dewpoint_c + 1.5 * z_dew + 1.5 * occ_frac
+        # Dew point: day-to-day (σ 1.5 °C by default) plus occupants' moisture (~50 g/h each).
+        dew = spec.dewpoint_c + spec.dewpoint_day_sigma_c * z_dew + 1.5 * occ_frac
         return (co2_target, lam, pm_target, lam + spec.pm_deposition_per_h, hcho_target, lam,
                 temp_offset, dew, float(n))
 
