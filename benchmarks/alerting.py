@@ -13,7 +13,9 @@ the latency from a reading's publication to its notification at 5,000 readings/s
 3. **Publication → notification** on the real stack: Mosquitto, InfluxDB and ``weijian serve``
    (registry mode, the shipped defaults: ``fsync=always``, notifier ``group_wait_s`` 0.5 s) in
    their own processes; publishers (two processes, one MQTT connection per device, QoS 1, one
-   reading per message) send ``--rate`` readings/s of indoor air from ``--devices`` devices for
+   reading per message; by default the asyncio publisher of benchmarks/mqtt_load.py, which leaves
+   the platform the CPU that paho's thread-per-connection clients took, ``--publisher paho``)
+   send ``--rate`` readings/s of indoor air from ``--devices`` devices for
    ``--seconds``. Meanwhile ``--probes`` devices, each at a site in a district of its own (own
    notification group, own officer: one webhook lane each), report once a second and, once
    each at a random moment, publish a CO₂ reading far over GB 37488's 1500 ppm; their sites
@@ -31,6 +33,7 @@ the latency from a reading's publication to its notification at 5,000 readings/s
 
 Usage: python benchmarks/alerting.py [--seconds 30] [--rate 5000] [--skip-e2e | --only-e2e]
        [--no-alerting] [--fsync always|interval|never] [--workers N] [--keep]
+       [--publisher raw|paho]
 """
 
 from __future__ import annotations
@@ -336,6 +339,83 @@ def _publisher(
         out.put({"acks": acks, "probes": probes_sent, "sent": sent, "achieved": achieved})
 
 
+def _raw_publisher(
+    port: int,
+    devices: list[tuple[str, str, str, str, bool]],
+    rate: float,
+    start_at: float,
+    seconds: float,
+    probe_times: dict[str, float],
+    out: mp.Queue,  # type: ignore[type-arg]
+) -> None:
+    """:func:`_publisher`'s schedule and measurements with :mod:`benchmarks.mqtt_load`'s
+    publisher: one event loop, no thread per connection (the default: see that module)."""
+    from benchmarks.mqtt_load import RawPublisher
+
+    async def run() -> dict[str, Any]:
+        rng = random.Random(len(devices))
+        clients = []
+        for name, password, tenant, site, probe in devices:
+            c = RawPublisher(f"bench-{name}", name, password)
+            await c.connect("127.0.0.1", port)
+            topic = f"{PREFIX}/{tenant}/{site}/{name}/telemetry".encode()
+            clients.append((c, topic, name, probe))
+        background = [x for x in clients if not x[3]]
+        probes = [x for x in clients if x[3]]
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        t_start = time.monotonic()
+        end = t_start + seconds
+        per_tick = rate * 0.01
+        owed = 0.0
+        k = sent = 0
+        next_probe_round = t_start
+        pending = dict(probe_times)
+        probes_sent: dict[str, float] = {}
+
+        def body(co2: float) -> bytes:
+            return json.dumps({"ts": time.time(), "fields": {"co2_ppm": co2}}).encode()
+
+        tick = t_start
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                break
+            owed += per_tick
+            while owed >= 1 and background:
+                c, topic, _, _ = background[k % len(background)]
+                c.publish(topic, body(600.0 + rng.randint(-15, 15)))
+                k += 1
+                sent += 1
+                owed -= 1
+            if now >= next_probe_round:
+                next_probe_round += 1.0
+                for c, topic, name, _ in probes:
+                    due = pending.get(name)
+                    if due is not None and now - t_start >= due:
+                        del pending[name]
+                        t = c.publish(topic, body(3000.0))
+                        if t is not None:
+                            probes_sent[name] = t
+                    else:
+                        c.publish(topic, body(600.0 + rng.randint(-15, 15)))
+                    sent += 1
+            for c, *_ in clients:
+                await c.drain()
+            tick += 0.01
+            await asyncio.sleep(max(0.0, tick - time.monotonic()))
+        achieved = sent / (time.monotonic() - t_start)
+        await asyncio.sleep(3.0)  # let the last PUBACKs come back
+        for c, *_ in clients:
+            await c.close()
+        refused = sum(c.refused for c, *_ in clients)
+        if refused:
+            print(f"publisher: {refused} publish(es) skipped, in-flight window full", flush=True)
+        acks = [a for c, *_ in clients for a in c.acks]
+        return {"acks": acks, "probes": probes_sent, "sent": sent - refused, "achieved": achieved}
+
+    out.put(asyncio.run(run()))
+
+
 def probe_region(i: int) -> str:
     """Each probe in a district of its own, with its own officer: own group, own lane."""
     return f"34{i:02d}01"
@@ -521,6 +601,7 @@ async def end_to_end(
     fsync: str = "always",
     alerting: bool = True,
     workers: int = 1,
+    publisher: str = "raw",
 ) -> None:
     from weijian.stack.influxd import LocalInfluxDB
     from weijian.stack.mosquitto import LocalMosquitto
@@ -580,7 +661,7 @@ async def end_to_end(
             slices = [accounts[0::2], accounts[1::2]]
             senders = [
                 mp.Process(
-                    target=_publisher,
+                    target=_raw_publisher if publisher == "raw" else _publisher,
                     args=(broker.port, part, rate / 2, start_at, seconds, probe_times, out),
                 )
                 for part in slices
@@ -709,6 +790,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="`weijian serve --workers N` (alerting: worker 0)"
     )
+    parser.add_argument(
+        "--publisher",
+        default="raw",
+        choices=["raw", "paho"],
+        help="load generator: raw asyncio MQTT (benchmarks/mqtt_load.py) or paho, thread each",
+    )
     args = parser.parse_args(argv)
     if not args.only_e2e:
         contexts, readings = clean_readings(args.hours)
@@ -725,6 +812,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.fsync,
                 not args.no_alerting,
                 args.workers,
+                args.publisher,
             )
         )
     return 0

@@ -226,6 +226,30 @@ def _hj212_families(hj: Any) -> Iterator[Any]:
     r = CounterMetricFamily("weijian_hj212_replies", "HJ 212 replies sent once durable.")
     r.add_metric([], hj.replies_sent)
     yield r
+    refused = CounterMetricFamily(
+        "weijian_hj212_connections_refused",
+        "HJ 212 connections refused at accept: over max_connections, or from a peer blocked "
+        "after wrong PWs.",
+        labels=["reason"],
+    )
+    refused.add_metric(["max_connections"], hj.connections_refused)
+    refused.add_metric(["auth_blocked"], hj.connections_blocked)
+    yield refused
+    blocks = CounterMetricFamily(
+        "weijian_hj212_auth_blocks",
+        "HJ 212 blocks started after repeated wrong PWs, by scope (peer address or station MN).",
+        labels=["scope"],
+    )
+    blocked = GaugeMetricFamily(
+        "weijian_hj212_auth_blocked",
+        "HJ 212 peers and station MNs blocked now (as of the collector's last sweep).",
+        labels=["scope"],
+    )
+    for scope in ("peer", "station"):
+        blocks.add_metric([scope], hj.auth_blocks.get(scope, 0))
+        blocked.add_metric([scope], hj.auth_blocked.get(scope, 0))
+    yield blocks
+    yield blocked
 
 
 def _coap_families(coap: Any) -> Iterator[Any]:

@@ -152,6 +152,9 @@ ADVICE = {
     "malformed": "the payload is not the documented JSON document",
     "timestamp_out_of_window": "the device clock is off: sync it (NTP) or omit 'ts'",
     "bad_timestamp": "the 'ts' field is not ISO 8601 or epoch milliseconds",
+    "auth_blocked": "refused after repeated wrong passwords (HJ 212 PW) from the address shown: "
+    "fix the PW on the station and wait out the block; if nobody was configuring it, someone "
+    "is guessing its PW (docs/hj212.md, 'Password guessing')",
 }
 
 

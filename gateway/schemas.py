@@ -543,6 +543,10 @@ class UserOut(_Output):
     active: bool
     created_at: datetime
     updated_at: datetime
+    password_changed_at: datetime | None = Field(
+        description="When the password was last set; JWTs issued before it are refused. "
+        "null: not recorded (set before the registry kept it)"
+    )
 
 
 class Me(BaseModel):

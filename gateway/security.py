@@ -7,8 +7,11 @@
 salted SHA-256: a 256-bit random secret needs no slow hash). Both are sent as
 ``Authorization: Bearer ...``. On every request the user row is read again: a deactivated or
 deleted user is refused at once, and a changed role or jurisdiction applies at once (the role in
-the JWT is informative only). Passwords are hashed with argon2id; an unknown user costs the same
-hash as a wrong password, and both get the same 401 message.
+the JWT is informative only). Setting a password (:func:`set_password`) stamps the user's
+``password_changed_at``; a JWT issued in an earlier second is refused from then on, so a password
+change signs the user out everywhere. API tokens are separate credentials and survive it: each is
+revoked on its own (``DELETE /auth/api-tokens/{id}``). Passwords are hashed with argon2id; an
+unknown user costs the same hash as a wrong password, and both get the same 401 message.
 
 **Roles and scope** (a site's scope is its 6-digit ``region_code``; a device is in scope iff its
 site is):
@@ -86,6 +89,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one write per token per m
 _REGION = re.compile(r"[0-9]{6}")
 USERNAME = re.compile(USERNAME_PATTERN.strip("^$"))
 _BAD_LOGIN = "incorrect username or password"
+_PASSWORD_CHANGED = "token issued before the password was changed; sign in again"
 
 
 # ---- the caller --------------------------------------------------------------------------------
@@ -318,6 +322,30 @@ def get_passwords(request: Request) -> Passwords:
     return request.app.state.passwords
 
 
+def set_password(
+    user: User, password: str, passwords: Passwords, *, now: datetime | None = None
+) -> None:
+    """Store ``password``'s hash and stamp ``user.password_changed_at``; the caller commits.
+
+    Every JWT of the user issued before that second is refused from the next request on
+    (:func:`authenticate`); API tokens are not affected. Use this wherever a password is set or
+    reset, never ``password_hash`` alone — except to rehash the *same* password with new argon2
+    parameters at login, which must not sign the user out elsewhere.
+
+    Why a timestamp and not a per-user token counter embedded in the JWT: the JWT already has
+    ``iat``, so tokens keep their shape and nothing needs bumping besides the password itself,
+    the check is the one already made against ``created_at`` (a reused user id), and the column
+    says when the password was last set (the audit trail shows it too). Its cost: ``iat`` has
+    whole-second resolution, so the comparison is at whole seconds in the user's favour — a
+    token issued in the same second as the change is accepted, whether just after it (it must
+    be: the user signed in again with the new password) or in the fraction of a second before.
+    And it trusts the clocks of the gateway processes to agree within a second (all workers of
+    one ``weijian serve`` share the host's clock).
+    """
+    user.password_hash = passwords.hash(password)
+    user.password_changed_at = now or utcnow()
+
+
 def create_user(
     session: Session,
     username: str,
@@ -359,12 +387,12 @@ def create_user(
     user = User(
         username=data.username,
         display_name=data.display_name,
-        password_hash=passwords.hash(data.password),
         role=data.role,
         region_codes=list(data.region_codes),
         tenant_id=data.tenant_id,
         active=data.active,
     )
+    set_password(user, data.password, passwords)
     session.add(user)
     session.flush()
     audit.record(session, actor, "create", "user", user.id, None, audit.snapshot(user))
@@ -375,6 +403,7 @@ def create_user(
 
 
 def issue_access_token(secret: str, user: User, ttl_s: int, *, now: datetime | None = None) -> str:
+    """A JWT for ``user``; ``iat`` (whole seconds) dates it against ``password_changed_at``."""
     issued = now or datetime.now(UTC)
     claims = {
         "sub": user.username,
@@ -424,6 +453,10 @@ def authenticate(session: Session, ctx: GatewayContext, token: str) -> Principal
     if not isinstance(iat, int | float) or iat < int(user.created_at.timestamp()):
         # Issued before this row existed: a deleted user's token must not fit a reused id.
         raise unauthorized("this account is no longer active")
+    changed = user.password_changed_at
+    if changed is not None and iat < int(changed.timestamp()):
+        # Whole seconds, in the user's favour: see set_password. NULL: not recorded (pre-0004).
+        raise unauthorized(_PASSWORD_CHANGED)
     return Principal.of(user)
 
 
@@ -516,6 +549,7 @@ def login(
     if not passwords.verify(encoded, form.password) or user is None:
         raise unauthorized(_BAD_LOGIN)
     if passwords.needs_rehash(user.password_hash):
+        # The same password with new parameters: not a change, other sessions stay signed in.
         user.password_hash = passwords.hash(form.password)
         commit(session)
     ttl = ctx.settings.jwt_ttl_s
@@ -625,5 +659,6 @@ __all__ = [
     "scope_jurisdictions",
     "scope_sites",
     "scope_tenants",
+    "set_password",
     "site_clause",
 ]

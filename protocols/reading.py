@@ -41,6 +41,9 @@ class Reason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     IDENTITY_MISMATCH = "identity_mismatch"  # topic/credentials say one device, payload another
     BAD_CREDENTIALS = "bad_credentials"  # a known device presented a wrong password or key
+    # refused unchecked: its sender (or, for senders it never authenticated from, the device) is
+    # blocked for a while after repeated wrong credentials (HJ 212, docs/hj212.md)
+    AUTH_BLOCKED = "auth_blocked"
     NO_FIELDS = "no_fields"
     UNKNOWN_QUANTITY = "unknown_quantity"
     WRONG_TYPE = "wrong_type"

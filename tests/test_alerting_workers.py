@@ -67,14 +67,17 @@ def _base(tmp_path: Path, influx: InfluxServer, influx_db: str, broker: LocalMos
 
 @contextlib.asynccontextmanager
 async def two_workers(
-    tmp_path: Path, influx: InfluxServer, influx_db: str
+    tmp_path: Path, influx: InfluxServer, influx_db: str, *, ingest: bool | None = None
 ) -> AsyncIterator[tuple[Platform, Platform, LocalMosquitto, httpx.AsyncClient]]:
-    """Worker 0 (gateway, alert engine, tap) and worker 1, as ``serve --workers 2`` sets them."""
+    """Worker 0 (gateway, alert engine, tap) and worker 1, as ``serve --workers 2`` sets them
+    (``ingest``: the ``mqtt.ingest`` setting; unset, worker 0 stores no MQTT telemetry)."""
     broker = LocalMosquitto(tmp_path / "mosquitto", topic_prefix=PREFIX)
     await asyncio.to_thread(broker.start)
     base = _base(tmp_path, influx, influx_db, broker)
+    base = base.model_copy(update={"mqtt": base.mqtt.model_copy(update={"ingest": ingest})})
     s0, s1 = worker_settings(base, 0), worker_settings(base, 1)
     assert (s0.alerting.tap, s1.alerting.tap) == (True, False)
+    assert (s0.mqtt.ingest, s1.mqtt.ingest) == ((True, True) if ingest else (False, True))
 
     def apply(entries: list) -> None:
         broker.set_devices(entries)
@@ -203,10 +206,11 @@ def test_serve_workers_put_the_engine_on_worker_0_unless_kept_off(tmp_path: Path
     assert base.alerting.tap is None, "a process with only mqtt.share_group runs no engine"
 
 
+@pytest.mark.parametrize("ingest", [None, True], ids=["worker0-judges-only", "worker0-ingests"])
 async def test_two_workers_alert_once_on_every_reading_once_and_resolve(
-    tmp_path: Path, influx: InfluxServer, influx_db: str
+    tmp_path: Path, influx: InfluxServer, influx_db: str, ingest: bool | None
 ) -> None:
-    async with two_workers(tmp_path, influx, influx_db) as (w0, w1, broker, client):
+    async with two_workers(tmp_path, influx, influx_db, ingest=ingest) as (w0, w1, broker, client):
         assert w0.alerts is not None
         assert w0.alert_tap is not None
         core = w0.alerts.core
@@ -229,7 +233,11 @@ async def test_two_workers_alert_once_on_every_reading_once_and_resolve(
                 lambda: _mqtt_accepted(w0) + _mqtt_accepted(w1) == n, 10, "not all ingested"
             )
             shares = (_mqtt_accepted(w0), _mqtt_accepted(w1))
-            assert min(shares) > 0, f"one worker got every reading: {shares}"
+            if ingest:  # both store: the readings are spread over the shared subscription
+                assert min(shares) > 0, f"one worker got every reading: {shares}"
+            else:  # the alert process judges them all and stores none
+                assert shares == (0, n)
+                assert w0.mqtt is None
             # readings worker 0 ingests itself over HTTP reach the engine through its ingestor
             r = await client.post(
                 "/ingest/v1/readings",
@@ -270,7 +278,8 @@ async def test_two_workers_alert_once_on_every_reading_once_and_resolve(
 async def test_the_tap_drops_invalid_messages_and_counts_no_ingest_rejection(
     tmp_path: Path, influx: InfluxServer, influx_db: str
 ) -> None:
-    async with two_workers(tmp_path, influx, influx_db) as (w0, w1, broker, client):
+    # worker 0 ingesting too (mqtt.ingest true): its collector and its tap see the same messages
+    async with two_workers(tmp_path, influx, influx_db, ingest=True) as (w0, w1, broker, client):
         assert w0.alerts is not None
         assert w0.alert_tap is not None
         core = w0.alerts.core
@@ -429,8 +438,7 @@ def test_serve_with_two_workers_runs_one_engine_fed_by_the_tap(
             metric(port, "weijian_readings_accepted_total") or 0,
             metric(port + 1, "weijian_readings_accepted_total") or 0,
         )
-        assert sum(shares) == n, shares
-        assert min(shares) > 0, f"one worker got every reading: {shares}"
+        assert shares == (0, n), "worker 0 judges every reading and stores none (mqtt.ingest)"
         time.sleep(1.0)
         assert metric(port, "weijian_alerting_readings_evaluated_total") == n, "once each"
         assert metric(port, "weijian_alerting_tap_readings_evaluated_total") == n
@@ -456,6 +464,7 @@ def test_serve_with_two_workers_runs_one_engine_fed_by_the_tap(
     assert code == 0, text[-3000:]
     assert text.count("alerting runs in this process (alerting.tap)") == 1, text[-3000:]
     assert text.count("alerting not in this process") == 1
+    assert text.count("MQTT ingest off in this process") == 1, "worker 0 only"
 
 
 def _two_free_ports() -> int:

@@ -634,7 +634,7 @@ async def test_run_scenario_onboards_through_the_gateway_then_drives_mqtt(tmp_pa
             gateway_url=f"http://127.0.0.1:{port}",
             token=token,
             mqtt_port=broker.port,
-            duration=2.0,
+            duration=5.0,  # a device that raced the broker's reload retries within ~1 s
             ground_truth_path=truth,
             out=out,
         )

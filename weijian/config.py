@@ -70,6 +70,13 @@ class MqttSettings(_Section):
     share_group: str | None = Field(
         default=None, description="MQTT shared-subscription group, to spread load over instances."
     )
+    ingest: bool | None = Field(
+        default=None,
+        description="Run the MQTT collector (store telemetry). Unset: yes, except in worker 0 of "
+        "`serve --workers N` when it runs the alert engine's tap: it judges every reading and "
+        "leaves storing them to the other workers, so alerts never wait behind an ingest "
+        "backlog. true/false: always/never.",
+    )
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
     session_expiry_s: int = 7 * 24 * 3600
     max_payload_bytes: int = 256 * 1024
@@ -111,6 +118,49 @@ class Hj212Settings(_Section):
     port: int = Field(default=9212, ge=0, le=65535, description="0: any free port.")
     max_connections: int = Field(default=5000, gt=0)
     idle_timeout_s: float = Field(default=600.0, gt=0)
+    # Wrong-password limits (collectors/hj212/guard.py; docs/hj212.md, "Password guessing").
+    auth_max_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Distinct wrong PWs from one peer (IPv4 address or IPv6 /64) within "
+        "auth_window_s before it is blocked: its packets are refused unchecked, its connections "
+        "closed.",
+    )
+    auth_window_s: float = Field(
+        default=600.0, gt=0, description="The window wrong PWs are counted in (per peer, per MN)."
+    )
+    auth_block_s: float = Field(
+        default=60.0, gt=0, description="The first block; each further block doubles it ..."
+    )
+    auth_block_max_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="... up to this. The doubling is forgotten this long after a block ends.",
+    )
+    auth_station_max_failures: int = Field(
+        default=10,
+        ge=1,
+        description="Distinct wrong PWs for one MN within auth_window_s, from any peers, before "
+        "the MN is locked against peers that have not authenticated it (its own peer keeps "
+        "working).",
+    )
+    auth_trust_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="A peer that authenticated an MN stays exempt from blocks for that MN this "
+        "long after its last correct PW (one wrong PW for it ends that).",
+    )
+    auth_max_tracked: int = Field(
+        default=10_000,
+        ge=1,
+        description="Peers, MNs and trusted peers remembered, each (least recent dropped first).",
+    )
+
+    @model_validator(mode="after")
+    def _block_max_not_below_block(self) -> Hj212Settings:
+        if self.auth_block_max_s < self.auth_block_s:
+            raise ValueError("hj212.auth_block_max_s must be at least hj212.auth_block_s")
+        return self
 
 
 class CoapSettings(_Section):

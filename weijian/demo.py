@@ -23,7 +23,7 @@ from rich.live import Live
 
 from gateway.registry.database import Registry
 from gateway.registry.models import User
-from gateway.security import Passwords, create_user
+from gateway.security import Passwords, create_user, set_password
 from protocols.influx.client import InfluxClient
 from simulators.runner import run_scenario
 from simulators.scenario import load_scenario
@@ -242,7 +242,7 @@ def demo_admin(registry: Registry, data_dir: Path) -> str:
         if row is None:
             create_user(session, "admin", password, "admin", actor="weijian run")
         else:  # the file was lost or edited: a fresh password for the local admin
-            row.password_hash = Passwords().hash(password)
+            set_password(row, password, Passwords())
             row.active = True
     tmp = path.with_suffix(".tmp")
     tmp.write_text(f"admin:{password}\n")

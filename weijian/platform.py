@@ -22,7 +22,7 @@ from alerting.notify import Dispatcher
 from alerting.store import AlertStore
 from collectors.coap import CoapCollector
 from collectors.forwarder import Forwarder
-from collectors.hj212 import Hj212Collector
+from collectors.hj212 import AuthLimits, Hj212Collector
 from collectors.metrics import Metrics
 from collectors.modbus import ModbusCollector
 from collectors.mqtt import MqttCollector
@@ -146,8 +146,16 @@ class Platform:
             self.ingestor = Ingestor(self.directory, validator, self.spool, self.metrics)
             if self.registry is not None:
                 await self._start_alerting()  # before any collector: no reading goes unjudged
-            self.mqtt = MqttCollector(s.mqtt, self.ingestor)
-            await self.mqtt.__aenter__()
+            if s.mqtt.ingest is False:
+                log.info(
+                    "MQTT ingest off in this process (mqtt.ingest = false)%s",
+                    ": it judges every reading through its tap, the other workers store them"
+                    if self.alert_tap is not None
+                    else "",
+                )
+            else:
+                self.mqtt = MqttCollector(s.mqtt, self.ingestor)
+                await self.mqtt.__aenter__()
             if s.metrics.port:
                 try:
                     self.metrics_port = self.metrics.serve(s.metrics.host, s.metrics.port)
@@ -219,6 +227,15 @@ class Platform:
                 port=s.hj212.port,
                 max_connections=s.hj212.max_connections,
                 idle_timeout_s=s.hj212.idle_timeout_s,
+                auth=AuthLimits(
+                    max_failures=s.hj212.auth_max_failures,
+                    window_s=s.hj212.auth_window_s,
+                    block_s=s.hj212.auth_block_s,
+                    block_max_s=s.hj212.auth_block_max_s,
+                    station_max_failures=s.hj212.auth_station_max_failures,
+                    trust_s=s.hj212.auth_trust_s,
+                    max_tracked=s.hj212.auth_max_tracked,
+                ),
                 metrics=self.metrics,
             )
             await self._enter_collector(self.hj212, f"HJ 212 on tcp {s.hj212.host}")

@@ -54,7 +54,15 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     data["mqtt"]["share_group"] = settings.mqtt.share_group or DEFAULT_SHARE_GROUP
     # The alert engine needs every reading: worker 0 runs it, fed MQTT telemetry by its tap (an
     # unshared subscription), unless the settings keep it off this machine (alerting.tap false).
-    data["alerting"]["tap"] = settings.alerting.tap is not False and index == 0
+    alert_process = settings.alerting.tap is not False and index == 0
+    data["alerting"]["tap"] = alert_process
+    # ... and, where it really runs the engine (registry mode, alerting on), it stores no MQTT
+    # telemetry itself: the tap and the engine take about half a core at 5,000 readings/s, and
+    # with its share of ingest on top its alerts queued behind its backlog (11 s p99 at 5,000/s
+    # on 2 cores; 0.66 s with ingest left to worker 1: docs/alerting.md). `mqtt.ingest` decides.
+    if settings.mqtt.ingest is None:
+        judges_all = settings.devices_file is None and settings.alerting.enabled
+        data["mqtt"]["ingest"] = not (alert_process and judges_all)
     if settings.metrics.port:
         data["metrics"]["port"] = settings.metrics.port + index
     return Settings.model_validate(data)

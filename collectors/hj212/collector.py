@@ -9,7 +9,9 @@ every connection.
 Per connection: a :class:`~protocols.hj212.FrameDecoder` (any chunking; garbage, bad CRC and bad
 lengths cost only themselves and the connection stays open), then the data segment, then the
 station: its MN must be registered (``lookup``) and its PW must pass ``check_password`` (cached per
-connection and MN, so a station's packets are not re-hashed one by one). Real-time data (2011) is
+connection and MN, so a station's packets are not re-hashed one by one). Wrong PWs are limited
+per peer and per MN (:class:`~collectors.hj212.guard.AuthGuard`: a blocked peer's packets are
+refused unchecked and its connection closed). Real-time data (2011) is
 stored as readings; minute, hourly and daily data (2051, 2061, 2031) are acknowledged but not
 stored (docs/hj212.md: the platform rolls its own aggregates up from the real-time data). When the
 Flag asks for a reply, the reply is written only after the spool says the readings are durable,
@@ -35,6 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
 
+from collectors.hj212.guard import PEER, AuthGuard, AuthLimits, Block, Refusal, peer_key
 from collectors.hj212.mapping import CodeTables, realtime_reading
 from collectors.metrics import Metrics
 from collectors.pipeline import Ingestor
@@ -68,6 +71,7 @@ _ROOM_BYTES = 4096  # what a few readings need in the spool before a paused conn
 _LOG_EVERY_S = 60.0
 _MAX_UNATTRIBUTED = 64  # errors held per connection until a station authenticates on it
 _MAX_AUTH_CACHE = 64  # MNs remembered per connection (a data logger may relay several stations)
+_TRUST_REFRESH_S = 60.0  # a connection re-confirms its stations' trust (AuthGuard) this often
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class Hj212Stats:
     connections_open: int = 0
     connections_total: int = 0
     connections_refused: int = 0  # over max_connections
+    connections_blocked: int = 0  # refused at accept: the peer is blocked after wrong PWs
     closed_idle: int = 0
     closed_abuse: int = 0  # too many consecutive errors
     bytes_received: int = 0
@@ -114,8 +119,12 @@ class Hj212Stats:
     replies_sent: int = 0
     replies_dropped: int = 0  # the spool failed to make the data durable: no reply, station resends
     # frame errors (FrameErrorReason), segment errors (SegmentErrorReason), unknown_device,
-    # bad_password, spool_error, lookup_error
+    # bad_password, auth_blocked (refused unchecked: peer or MN blocked), spool_error, lookup_error
     errors: Tally[str] = field(default_factory=Tally)
+    auth_blocks: Tally[str] = field(default_factory=Tally)  # "peer" / "station" -> blocks started
+    auth_blocked: dict[str, int] = field(default_factory=dict)  # scope -> blocked now (sweeper)
+    auth_tracked: int = 0  # AuthGuard entries (peers, MNs, trusted peers), as of the last sweep
+    auth_evicted: int = 0  # live AuthGuard entries dropped because a table was full
     packets_per_s: float = 0.0  # over the last sweep interval
 
 
@@ -134,6 +143,7 @@ class Hj212Collector:
         max_connections: int = 5000,
         idle_timeout_s: float | None = 600.0,
         max_consecutive_errors: int = 20,
+        auth: AuthLimits | None = None,
         tz: timezone = CHINA_TZ,
         metrics: Metrics | None = None,
     ) -> None:
@@ -151,6 +161,7 @@ class Hj212Collector:
         self.tz = tz
         self.metrics = metrics if metrics is not None else ingestor.metrics
         self.stats = Hj212Stats()
+        self.guard = AuthGuard(auth)
         self.tables = CodeTables(
             code_map if code_map is not None else load_code_map(),
             profiles if profiles is not None else load_profiles(),
@@ -218,6 +229,7 @@ class Hj212Collector:
             packets = self.stats.packets
             self.stats.packets_per_s = (packets - last_packets) / max(now - last_t, 1e-9)
             last_t, last_packets = now, packets
+            self._sweep_guard(now)
             if idle is None:
                 continue
             for conn in [c for c in self._connections if now - c.last_rx > idle]:
@@ -226,6 +238,50 @@ class Hj212Collector:
                 self.stats.closed_idle += 1
                 log.info("HJ 212 connection %s idle for %.0f s: closing", conn.peer, idle)
                 conn.close()
+
+    def _sweep_guard(self, now: float) -> None:
+        guard = self.guard
+        guard.purge(now)
+        stats = self.stats
+        stats.auth_blocked = guard.blocked(now)
+        stats.auth_tracked = guard.tracked
+        if guard.evicted > stats.auth_evicted:
+            self._log_limited(
+                ("auth_evicted",),
+                "HJ 212: wrong-password tables full (hj212.auth_max_tracked=%d): %d live entries "
+                "forgotten so far (many peers failing at once?)",
+                guard.limits.max_tracked,
+                guard.evicted,
+            )
+            stats.auth_evicted = guard.evicted
+
+    def _blocked(self, block: Block, peer: str, mn: str) -> None:
+        """Count and log a block that just started (rate-limited per peer or MN)."""
+        self.stats.auth_blocks[block.scope] += 1
+        if block.scope == PEER:
+            self._log_limited(
+                ("auth_block", block.key),
+                "HJ 212 peer %s: %d wrong PWs within %.0f s (last for MN %s): its packets are "
+                "refused unchecked for %.0f s (block %d)",
+                peer,
+                block.failures,
+                self.guard.limits.window_s,
+                mn,
+                block.duration_s,
+                block.level,
+            )
+        else:
+            self._log_limited(
+                ("auth_lock", block.key),
+                "HJ 212 MN %s: %d wrong PWs within %.0f s (last from %s): peers that have not "
+                "authenticated it are refused unchecked for %.0f s (block %d)",
+                mn,
+                block.failures,
+                self.guard.limits.window_s,
+                peer,
+                block.duration_s,
+                block.level,
+            )
 
     def _log_limited(self, key: tuple[str, ...], msg: str, *args: object) -> None:
         now = asyncio.get_running_loop().time()
@@ -245,10 +301,12 @@ class _Connection(asyncio.Protocol):
         self.c = collector
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.key = "?"  # the unit wrong PWs are limited by (guard.peer_key)
         self.decoder = FrameDecoder()
         self.last_rx = 0.0
         self.device: DeviceInfo | None = None  # the last station authenticated here
-        self.auth: dict[str, tuple[Station, str, bool]] = {}  # MN -> (station, PW, accepted)
+        # MN -> (station, PW, accepted, when the guard last heard of it)
+        self.auth: dict[str, tuple[Station, str, bool, float]] = {}
         self.errors_in_row = 0
         self.unattributed: list[str] = []  # errors before any station authenticated here
         self.backlog: deque[Frame | FrameError] = deque()  # waiting for spool room
@@ -266,7 +324,8 @@ class _Connection(asyncio.Protocol):
         c = self.c
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.last_rx = asyncio.get_running_loop().time()
+        self.key = peer_key(str(peer[0]) if isinstance(peer, tuple) else str(peer))
+        self.last_rx = now = asyncio.get_running_loop().time()
         if c._closing or len(c._connections) >= c.max_connections:
             c.stats.connections_refused += 1
             c._log_limited(
@@ -274,6 +333,18 @@ class _Connection(asyncio.Protocol):
                 "HJ 212: refusing %s (%d connections open)",
                 self.peer,
                 len(c._connections),
+            )
+            self.closed = True
+            transport.abort()
+            return
+        refusal = c.guard.admits(self.key, now)
+        if refusal is not None:
+            c.stats.connections_blocked += 1
+            c._log_limited(
+                ("auth_refused", self.key),
+                "HJ 212: refusing connections from %s: blocked after wrong PWs (%.0f s left)",
+                self.peer,
+                refusal.remaining_s,
             )
             self.closed = True
             transport.abort()
@@ -435,6 +506,11 @@ class _Connection(asyncio.Protocol):
         """The registered station whose PW this packet carries, or None (counted)."""
         c = self.c
         mn = packet.mn
+        now = self.last_rx
+        refusal = c.guard.refusal(self.key, mn, now)
+        if refusal is not None:
+            self._refuse_blocked(mn, refusal)
+            return None
         try:
             station = c.lookup(mn)
         except Exception:  # the registry's problem, not the station's: no strike, no reply
@@ -457,11 +533,19 @@ class _Connection(asyncio.Protocol):
         cached = self.auth.get(mn)
         if cached is not None and cached[0] is station and cached[1] == packet.pw:
             accepted = cached[2]
+            if accepted and now - cached[3] > _TRUST_REFRESH_S:  # a long-lived connection
+                c.guard.success(self.key, mn, now)
+                self.auth[mn] = (station, packet.pw, True, now)
         else:  # first packet, a new PW, or the registry replaced the station (password rotated)
             accepted = bool(station.check_password(packet.pw))
             if len(self.auth) >= _MAX_AUTH_CACHE:
                 self.auth.clear()
-            self.auth[mn] = (station, packet.pw, accepted)
+            self.auth[mn] = (station, packet.pw, accepted, now)
+            if accepted:
+                c.guard.success(self.key, mn, now)
+            else:
+                for block in c.guard.failure(self.key, mn, packet.pw, now):
+                    c._blocked(block, self.peer, mn)
         if not accepted:
             c.stats.errors["bad_password"] += 1
             c.ingestor.count_rejection(
@@ -472,9 +556,39 @@ class _Connection(asyncio.Protocol):
                     f"wrong HJ 212 password (PW) for MN {mn} from {self.peer}",
                 ),
             )
-            self._strike()
+            if c.guard.refusal(self.key, mn, now) is not None:  # this failure started a block
+                self.closed = True  # handle nothing more that arrived with it
+                self.close()
+            else:
+                self._strike()
             return None
         return station
+
+    def _refuse_blocked(self, mn: str, refusal: Refusal) -> None:
+        """A packet refused without a password check: counted, and the connection closed (a
+        blocked peer pays a new TCP connection per try, each refused at accept while it lasts)."""
+        c = self.c
+        c.stats.errors[Reason.AUTH_BLOCKED.value] += 1
+        try:
+            station = c.lookup(mn)
+        except Exception:
+            station = None
+        what = (
+            f"peer {refusal.key} is blocked"
+            if refusal.scope == PEER
+            else f"MN {mn} is locked against peers it has not authenticated from"
+        )
+        c.ingestor.count_rejection(
+            PROTOCOL,
+            station.device.device if station is not None else mn,
+            Rejection(
+                Reason.AUTH_BLOCKED,
+                f"HJ 212 packet for MN {mn} from {self.peer} refused unchecked: {what} after "
+                f"repeated wrong PWs ({refusal.remaining_s:.0f} s left; docs/hj212.md)",
+            ),
+        )
+        self.closed = True  # handle nothing more that arrived with it
+        self.close()
 
     def _store(self, packet: Packet, station: Station) -> asyncio.Future[None] | None:
         """Spool a real-time upload; returns its durability future (None: nothing spooled)."""

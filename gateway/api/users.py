@@ -4,6 +4,8 @@ Role rules (see :func:`gateway.schemas.user_rule_problems`): an admin has neithe
 nor tenant; a city admin has ≥1 city code (``xxxx00``); a county admin ≥1 county code; a tenant
 user exactly one existing tenant. The last active admin cannot be demoted, deactivated or deleted,
 so the registry never locks itself out. Deactivation takes effect on the user's next request.
+A new password signs the user out: its JWTs issued before it are refused (also the caller's own,
+when an admin changes its own password); its API tokens stay valid (gateway.security).
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from gateway.schemas import (
     UserUpdate,
     user_rule_problems,
 )
-from gateway.security import AdminPrincipal, count_active_admins, create_user, get_passwords
+from gateway.security import (
+    AdminPrincipal,
+    count_active_admins,
+    create_user,
+    get_passwords,
+    set_password,
+)
 
 router = APIRouter(prefix="/users", tags=["users"], responses=error_responses(401, 403, 422))
 UserId = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -123,7 +131,7 @@ def patch_user(
     before = audit.snapshot(user)
     password = changes.pop("password", None)
     if password is not None:
-        user.password_hash = get_passwords(request).hash(password)
+        set_password(user, password, get_passwords(request))
     for key, value in changes.items():
         setattr(user, key, value)
     session.flush()

@@ -184,6 +184,9 @@ class User(Timestamps, Base):
         ForeignKey("tenants.id", ondelete="RESTRICT"), default=None
     )
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # When the password was last set (gateway.security.set_password); JWTs issued in an earlier
+    # second are refused. NULL: set before migration 0004 added the column (not recorded).
+    password_changed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ApiToken(Base):
