@@ -241,6 +241,46 @@ def detector_scores(contexts: ContextTable, readings: list[tuple[Reading, float]
 # ---- 3: end to end ---------------------------------------------------------------------------
 
 
+def _ticks(
+    clients: list[Any],
+    rate: float,
+    seconds: float,
+    probe_times: dict[str, float],
+    rng: Any,
+    t_start: float,
+) -> Any:
+    """The publishers' schedule, every 10 ms from ``t_start``: ``(items, tick_end)`` with items
+    ``(client, co2, probe_alert)``. Background devices in turn at ``rate`` in all; each probe
+    (``client[3]``) once a second, with its one high reading at ``probe_times[name]`` s."""
+    background = [x for x in clients if not x[3]]
+    probes = [x for x in clients if x[3]]
+    end = t_start + seconds
+    per_tick = rate * 0.01
+    owed = 0.0
+    k = 0
+    next_probe_round = t_start
+    pending = dict(probe_times)  # device -> seconds after start
+    tick = t_start
+    while (now := time.monotonic()) < end:
+        items: list[tuple[Any, float, bool]] = []
+        owed += per_tick
+        while owed >= 1 and background:
+            items.append((background[k % len(background)], 600.0 + rng.randint(-15, 15), False))
+            k += 1
+            owed -= 1
+        if now >= next_probe_round:
+            next_probe_round += 1.0
+            for x in probes:
+                due = pending.get(x[2])
+                if due is not None and now - t_start >= due:
+                    del pending[x[2]]
+                    items.append((x, 3000.0, True))
+                else:
+                    items.append((x, 600.0 + rng.randint(-15, 15), False))
+        tick += 0.01
+        yield items, tick
+
+
 def _publisher(
     port: int,
     devices: list[tuple[str, str, str, str, bool]],
@@ -277,8 +317,6 @@ def _publisher(
         c.connect("127.0.0.1", port)
         c.loop_start()
         clients.append((c, f"{PREFIX}/{tenant}/{site}/{name}/telemetry", name, probe))
-    background = [x for x in clients if not x[3]]
-    probes = [x for x in clients if x[3]]
     deadline = time.time() + 30
     while not all(c.is_connected() for c, *_ in clients):
         if time.time() > deadline:
@@ -287,12 +325,6 @@ def _publisher(
     while time.time() < start_at:
         time.sleep(0.005)
     t_start = time.monotonic()
-    end = t_start + seconds
-    per_tick = rate * 0.01
-    owed = 0.0
-    k = 0
-    next_probe_round = t_start
-    pending = dict(probe_times)  # device -> seconds after start
     sent = 0
 
     def publish(c: Any, topic: str, co2: float, index: int) -> float:
@@ -304,29 +336,12 @@ def _publisher(
         return t
 
     index_of = {name: i for i, (_, _, name, _) in enumerate(clients)}
-    tick = t_start
-    while True:
-        now = time.monotonic()
-        if now >= end:
-            break
-        owed += per_tick
-        while owed >= 1 and background:
-            c, topic, name, _ = background[k % len(background)]
-            publish(c, topic, 600.0 + rng.randint(-15, 15), index_of[name])
-            k += 1
+    for items, tick in _ticks(clients, rate, seconds, probe_times, rng, t_start):
+        for (c, topic, name, _), co2, alert in items:
+            t = publish(c, topic, co2, index_of[name])
+            if alert:
+                probes_sent[name] = t
             sent += 1
-            owed -= 1
-        if now >= next_probe_round:
-            next_probe_round += 1.0
-            for c, topic, name, _ in probes:
-                due = pending.get(name)
-                if due is not None and now - t_start >= due:
-                    del pending[name]
-                    probes_sent[name] = publish(c, topic, 3000.0, index_of[name])
-                else:
-                    publish(c, topic, 600.0 + rng.randint(-15, 15), index_of[name])
-                sent += 1
-        tick += 0.01
         delay = tick - time.monotonic()
         if delay > 0:
             time.sleep(delay)
@@ -360,48 +375,19 @@ def _raw_publisher(
             await c.connect("127.0.0.1", port)
             topic = f"{PREFIX}/{tenant}/{site}/{name}/telemetry".encode()
             clients.append((c, topic, name, probe))
-        background = [x for x in clients if not x[3]]
-        probes = [x for x in clients if x[3]]
         await asyncio.sleep(max(0.0, start_at - time.time()))
         t_start = time.monotonic()
-        end = t_start + seconds
-        per_tick = rate * 0.01
-        owed = 0.0
-        k = sent = 0
-        next_probe_round = t_start
-        pending = dict(probe_times)
+        sent = 0
         probes_sent: dict[str, float] = {}
-
-        def body(co2: float) -> bytes:
-            return json.dumps({"ts": time.time(), "fields": {"co2_ppm": co2}}).encode()
-
-        tick = t_start
-        while True:
-            now = time.monotonic()
-            if now >= end:
-                break
-            owed += per_tick
-            while owed >= 1 and background:
-                c, topic, _, _ = background[k % len(background)]
-                c.publish(topic, body(600.0 + rng.randint(-15, 15)))
-                k += 1
+        for items, tick in _ticks(clients, rate, seconds, probe_times, rng, t_start):
+            for (c, topic, name, _), co2, alert in items:
+                body = json.dumps({"ts": time.time(), "fields": {"co2_ppm": co2}}).encode()
+                t = c.publish(topic, body)
+                if alert and t is not None:
+                    probes_sent[name] = t
                 sent += 1
-                owed -= 1
-            if now >= next_probe_round:
-                next_probe_round += 1.0
-                for c, topic, name, _ in probes:
-                    due = pending.get(name)
-                    if due is not None and now - t_start >= due:
-                        del pending[name]
-                        t = c.publish(topic, body(3000.0))
-                        if t is not None:
-                            probes_sent[name] = t
-                    else:
-                        c.publish(topic, body(600.0 + rng.randint(-15, 15)))
-                    sent += 1
             for c, *_ in clients:
                 await c.drain()
-            tick += 0.01
             await asyncio.sleep(max(0.0, tick - time.monotonic()))
         achieved = sent / (time.monotonic() - t_start)
         await asyncio.sleep(3.0)  # let the last PUBACKs come back

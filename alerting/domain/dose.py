@@ -31,9 +31,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from alerting.datafile import duplicates, load_yaml_model
 from alerting.domain.findings import Finding, utc
 from alerting.model import Severity
 
@@ -73,8 +73,7 @@ class _LimitsFile(BaseModel):
 
     @model_validator(mode="after")
     def _unique(self) -> _LimitsFile:
-        rules = [e.rule for e in self.limits]
-        dupes = sorted({r for r in rules if rules.count(r) > 1})
+        dupes = duplicates(e.rule for e in self.limits)
         if dupes:
             raise ValueError(f"duplicate rules: {', '.join(dupes)}")
         return self
@@ -82,15 +81,7 @@ class _LimitsFile(BaseModel):
 
 def load_dose_limits(path: Path = DOSE_LIMITS_FILE) -> tuple[DoseLimit, ...]:
     """Read and validate the limits; errors name the file and the entry (by index)."""
-    try:
-        parsed = _LimitsFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(f"{path}: {problems}") from exc
+    parsed = load_yaml_model(path, _LimitsFile)
     return tuple(
         DoseLimit(e.rule, e.scope, e.limit_msv, e.severity, e.standard, e.confidence)
         for e in parsed.limits

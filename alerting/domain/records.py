@@ -43,9 +43,9 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from alerting.datafile import duplicates, load_yaml_model
 from alerting.domain.findings import Finding, utc
 from alerting.model import Alert, Severity
 
@@ -109,8 +109,7 @@ class RecordRules(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> RecordRules:
-        ids = [r.id for r in self.rules]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        dupes = duplicates(r.id for r in self.rules)
         if dupes:
             raise ValueError(f"duplicate rule ids: {', '.join(dupes)}")
         return self
@@ -123,16 +122,7 @@ class RecordRules(_Strict):
 
 def load_record_rules(path: Path | None = None) -> RecordRules:
     """Read and validate the rules; errors name the file and the rule (by index)."""
-    path = path or RECORDS_FILE
-    try:
-        return RecordRules.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(f"{path}: {problems}") from exc
+    return load_yaml_model(path or RECORDS_FILE, RecordRules)
 
 
 @cache

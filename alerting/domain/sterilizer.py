@@ -32,9 +32,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from alerting.datafile import load_yaml_model
 from alerting.domain.findings import Finding, utc
 from alerting.model import Severity
 from protocols.steam import saturation_excess_kpa
@@ -98,17 +98,7 @@ class SterilizationTable(_Strict):
 
 def load_sterilization_table(path: Path | None = None) -> SterilizationTable:
     """Read and validate the programme table; errors name the file and the entry."""
-    path = path or STERILIZATION_FILE
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        table = SterilizationTable.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(f"{path}: {problems}") from exc
+    table = load_yaml_model(path or STERILIZATION_FILE, SterilizationTable)
     for name in table.severity.values():
         Severity.parse(name)
     return table
