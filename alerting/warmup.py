@@ -10,18 +10,24 @@ Two reads per kind and chunk of devices, both bounded whatever the history holds
   history of a few hours cannot restore. Each such detector first gets one hourly mean per hour
   before the raw history starts, then the raw history like the others. A drift block is a median
   of its samples; the hour's mean stands in for it (the drift statistic trims its largest steps,
-  so a mean pulled by one spike barely moves it).
+  so a mean pulled by one spike barely moves it). Where there is no ``rollup_1h`` (InfluxDB 2.x
+  without the operator's tasks, ``manage_schema`` off) that read fails once, is logged, and the
+  warm-up goes on with raw history only.
 
 Identifiers are the registry's ``[A-Za-z0-9_.-]``, safe to quote.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from alerting.detectors import SeriesPipeline
+from protocols.influx.client import InfluxError
+
+log = logging.getLogger(__name__)
 
 ROLLUP_RP = "rollup_1h"
 ROLLUP_S = 3600.0
@@ -80,6 +86,7 @@ async def warm_up(
         if pipelines:
             by_kind.setdefault(kind, []).append(device)
     replayed = 0
+    rollups = True
     window = max(1, int(window_s))
     for kind, names in by_kind.items():
         for i in range(0, len(names), chunk):
@@ -93,16 +100,23 @@ async def warm_up(
             )
             longest = max((history_needed(p) for d in part for p in devices[d][1]), default=0.0)
             hourly: dict[str, History] = {}
-            if longest > window_s:
+            if longest > window_s and rollups:
                 span = int(min(longest, MAX_HISTORY_S) + ROLLUP_S)
-                hourly = await _series(
-                    influx,
-                    database,
-                    f'SELECT /^{_MEAN}/ FROM "{ROLLUP_RP}"."{kind}" WHERE ({match}) '
-                    f'AND time > now() - {span}s GROUP BY "device" '
-                    f"ORDER BY time DESC LIMIT {math.ceil(span / ROLLUP_S)}",
-                    prefix=_MEAN,
-                )
+                try:
+                    hourly = await _series(
+                        influx,
+                        database,
+                        f'SELECT /^{_MEAN}/ FROM "{ROLLUP_RP}"."{kind}" WHERE ({match}) '
+                        f'AND time > now() - {span}s GROUP BY "device" '
+                        f"ORDER BY time DESC LIMIT {math.ceil(span / ROLLUP_S)}",
+                        prefix=_MEAN,
+                    )
+                except InfluxError as exc:  # no rollup_1h here (2.x without tasks, no schema)
+                    rollups = False
+                    log.warning(
+                        "alerting: no hourly rollups to warm drift up from (%s); raw history only",
+                        exc,
+                    )
             for device in part:
                 history = raw.get(device, [])
                 pipelines = devices[device][1]

@@ -204,6 +204,12 @@ def test_serve_workers_put_the_engine_on_worker_0_unless_kept_off(tmp_path: Path
     off = base.model_copy(update={"alerting": base.alerting.model_copy(update={"tap": False})})
     assert [worker_settings(off, i).alerting.tap for i in range(2)] == [False, False]
     assert base.alerting.tap is None, "a process with only mqtt.share_group runs no engine"
+    # mqtt.ingest is worker 0's setting: false never leaves the deployment without a collector
+    never = base.model_copy(update={"mqtt": base.mqtt.model_copy(update={"ingest": False})})
+    assert [worker_settings(never, i).mqtt.ingest for i in range(3)] == [False, True, True]
+    assert [worker_settings(base, i).mqtt.ingest for i in range(2)] == [False, True]
+    fixed = base.model_copy(update={"devices_file": tmp_path / "devices.yaml"})
+    assert worker_settings(fixed, 0).mqtt.ingest is True, "no engine, no reason not to ingest"
 
 
 @pytest.mark.parametrize("ingest", [None, True], ids=["worker0-judges-only", "worker0-ingests"])

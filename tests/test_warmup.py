@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import time
 
+import pytest
+
 from alerting.detectors import default_registry
 from alerting.warmup import history_needed, warm_up
 from protocols.influx.client import InfluxClient
@@ -94,3 +96,29 @@ async def test_drift_is_restored_from_hourly_rollups(influx: InfluxServer, influ
     assert scores["drifting"] > 0.9
     assert scores["steady"] == 0.0
     assert cold_scores["drifting"] == 0.0
+
+
+async def test_without_rollups_the_raw_history_still_warms_up(
+    influx: InfluxServer, influx_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database without the schema's retention policies (no ``rollup_1h``): the rollup read
+    fails, is logged once, and every device still gets its raw history."""
+    now = time.time()
+    stamps = [now - 3600 + i * STEP_S for i in range(5)]
+    lines = [
+        encode_line(KIND, {"tenant": "t", "site": "s", "device": d}, {"ph": 7.2}, int(ts * 1000))
+        for d in ("a", "b")
+        for ts in stamps
+    ]
+    registry = default_registry()
+    pipelines = {d: registry.pipelines(KIND) for d in ("a", "b")}
+    async with InfluxClient(
+        influx.url, username=influx.creds.username, password=influx.creds.password
+    ) as client:
+        await client.write(influx_db, "\n".join(lines).encode())
+        with caplog.at_level("WARNING", logger="alerting.warmup"):
+            replayed = await warm_up(
+                client, influx_db, {d: (KIND, p) for d, p in pipelines.items()}, 6 * 3600
+            )
+    assert replayed == 2 * len(stamps)
+    assert sum("no hourly rollups" in r.message for r in caplog.records) == 1

@@ -75,7 +75,9 @@ class MqttSettings(_Section):
         description="Run the MQTT collector (store telemetry). Unset: yes, except in worker 0 of "
         "`serve --workers N` when it runs the alert engine's tap: it judges every reading and "
         "leaves storing them to the other workers, so alerts never wait behind an ingest "
-        "backlog. true/false: always/never.",
+        "backlog. true/false: always/never (under `serve --workers` this is worker 0's "
+        "setting; the other workers always ingest). A process that stops ingesting ends its "
+        "old shared-subscription session after storing what the broker kept for it.",
     )
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
     session_expiry_s: int = 7 * 24 * 3600

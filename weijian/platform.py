@@ -27,6 +27,7 @@ from collectors.metrics import Metrics
 from collectors.modbus import ModbusCollector
 from collectors.mqtt import MqttCollector
 from collectors.mqtt.collector import PROTOCOL as MQTT_PROTOCOL
+from collectors.mqtt.retire import RetiringCollector
 from collectors.mqtt.tap import MqttTap
 from collectors.pipeline import Ingestor
 from collectors.records import encode_event
@@ -94,6 +95,7 @@ class Platform:
         self.forwarder: Forwarder | None = None
         self.ingestor: Ingestor | None = None
         self.mqtt: MqttCollector | None = None
+        self.retiring: RetiringCollector | None = None  # an old collector session, being ended
         self.alerts: AlertEngine | None = None  # the detector, when this process runs it
         self.alert_tap: MqttTap | None = None  # its MQTT feed, with a shared subscription
         self.notifier: Dispatcher | None = None
@@ -153,6 +155,13 @@ class Platform:
                     if self.alert_tap is not None
                     else "",
                 )
+                if s.mqtt.share_group is not None:  # its old collector session must not keep
+                    # taking a share of the telemetry that nobody stores (collectors/mqtt/retire.py)
+                    self.retiring = RetiringCollector(s.mqtt, self.ingestor)
+                    await self.retiring.__aenter__()
+                    self._tasks.append(
+                        asyncio.create_task(self._retire_session(), name="mqtt-retire")
+                    )
             else:
                 self.mqtt = MqttCollector(s.mqtt, self.ingestor)
                 await self.mqtt.__aenter__()
@@ -436,6 +445,14 @@ class Platform:
         port = await self.gateway.start()
         log.info("gateway at http://%s:%s (API docs at /docs)", s.gateway.host, port)
 
+    async def _retire_session(self) -> None:
+        retiring = self.retiring
+        assert retiring is not None
+        if await retiring.retire():
+            with contextlib.suppress(Exception):
+                await retiring.__aexit__(None, None, None)
+            self.retiring = None
+
     async def aclose(self) -> None:
         # Stop taking HTTP readings, then collectors (acks for what is spooled), then give the
         # forwarder a moment to drain.
@@ -447,10 +464,11 @@ class Platform:
             with contextlib.suppress(Exception):
                 await collector.__aexit__(None, None, None)
         self._field_collectors.clear()
-        if self.mqtt is not None:
-            with contextlib.suppress(Exception):
-                await self.mqtt.__aexit__(None, None, None)
-            self.mqtt = None
+        for collector in (self.mqtt, self.retiring):
+            if collector is not None:
+                with contextlib.suppress(Exception):
+                    await collector.__aexit__(None, None, None)
+        self.mqtt = self.retiring = None
         if self.alert_tap is not None:  # what it did not ack waits in its session for the next
             with contextlib.suppress(Exception):
                 await self.alert_tap.__aexit__(None, None, None)

@@ -60,7 +60,9 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     # telemetry itself: the tap and the engine take about half a core at 5,000 readings/s, and
     # with its share of ingest on top its alerts queued behind its backlog (11 s p99 at 5,000/s
     # on 2 cores; 0.66 s with ingest left to worker 1: docs/alerting.md). `mqtt.ingest` decides.
-    if settings.mqtt.ingest is None:
+    if index != 0:  # the setting is worker 0's: the others always store (someone must)
+        data["mqtt"]["ingest"] = True
+    elif settings.mqtt.ingest is None:
         judges_all = settings.devices_file is None and settings.alerting.enabled
         data["mqtt"]["ingest"] = not (alert_process and judges_all)
     if settings.metrics.port:
