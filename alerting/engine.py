@@ -18,8 +18,10 @@ Two layers, so that the detection benchmark runs exactly what the platform runs:
   the loop thread, a few dict lookups and the evaluators per reading), a bounded queue of
   transitions drained by a background task that persists them (``AlertStore.save`` in a thread),
   writes ``alert_event`` lines to the spool and hands them to the notifier at once; a periodic
-  tick; the book restored from the store on start; detector warm-up from InfluxDB; people's
-  acknowledgements and manual resolutions. Detection never waits on the database or a channel.
+  tick; the records feed (the records sites post, read from the registry's ``record_events`` by
+  id, whichever process stored them); the book restored from the store on start; detector
+  warm-up from InfluxDB; people's acknowledgements and manual resolutions. Detection never waits
+  on the database or a channel.
 
 docs/alerting.md ("The engine") describes the data flow, restarts, pauses and the limits.
 """
@@ -455,9 +457,9 @@ class DetectionCore:
     def record_event(self, event: RecordEvent, now: float | None = None) -> list[Transition]:
         """A record a site posted (medical waste sealed, collected, handed over; a disinfection).
 
-        Fed by the gateway's ``POST /records`` and ``/ingest/v1/records`` (gateway/api/records.py)
-        once the record is stored: overdue records are raised by :meth:`tick` when their deadline
-        passes; the stored records are replayed at the engine's start (:meth:`AlertEngine.start`).
+        The gateway's ``POST /records`` and ``/ingest/v1/records`` (gateway/api/records.py) store
+        them in the registry, which :class:`AlertEngine` reads (its records feed) and replays at
+        its start: overdue records are raised by :meth:`tick` when their deadline passes.
         """
         out = self._findings(self.records.event(event, now))
         self.stats.transitions += len(out)
@@ -716,6 +718,8 @@ class EngineStats:
     cycles_spooled: int = 0  # sterilizer_cycle lines written to the spool
     listener_errors: int = 0
     warmed_up: int = 0  # readings replayed into detectors at start
+    records_fed: int = 0  # records read from the registry (record_events) and evaluated
+    record_errors: int = 0  # records feed: failed reads of the registry, records not evaluated
 
 
 @dataclass(slots=True)
@@ -730,6 +734,11 @@ def _snapshot(alert: Alert) -> Alert:
     snap = copy.copy(alert)
     snap.labels = dict(alert.labels)
     return snap
+
+
+RECORD_BATCH = 1000  # records feed: rows read per query (more are read at once if there are)
+RECORD_WAIT_S = 300.0  # records feed: how long an id skipped over is looked for
+RECORD_MAX_MISSING = 10_000
 
 
 class EngineUnavailable(RuntimeError):
@@ -793,6 +802,12 @@ class AlertEngine:
         self._running = False
         self._last_error_log = 0.0
         self._paused: set[str] = set()  # the no-data monitor's pause reasons, as set here
+        # the records feed (see feed_records): the highest record_events id evaluated, the ids
+        # below it not seen yet (id -> until when to look for it, monotonic)
+        self._records_last = 0
+        self._records_missing: dict[int, float] = {}
+        self._records_wake = asyncio.Event()
+        self._records_lock = asyncio.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -827,11 +842,20 @@ class AlertEngine:
         restored = book.open_alerts()
         if restored:
             log.info("alerting: %d open alert(s) restored from the registry", len(restored))
+        self._records_last, self._records_missing = 0, {}
         if self.store is not None:  # records posted before the restart, replayed silently
             since, sites = self.core.records.replay_since(restored, now)
-            events = await asyncio.to_thread(self.store.record_events, since, sites)
-            self.core.records.restore(events, restored)
-            log.info("alerting: %d record event(s) replayed into the records monitor", len(events))
+            replay = await asyncio.to_thread(self.store.replay_records, since, sites)
+            self.core.records.restore(replay.events, restored)
+            # the feed goes on from there: nothing committed since is lost, nothing seen twice
+            self._records_last = replay.last_id
+            self._records_missing = dict.fromkeys(
+                replay.missing[-RECORD_MAX_MISSING:], time.monotonic() + RECORD_WAIT_S
+            )
+            log.info(
+                "alerting: %d record event(s) replayed into the records monitor",
+                len(replay.events),
+            )
         if self.dispatcher is not None:
             at = datetime.fromtimestamp(now, UTC)
             for alert in restored:  # the notifier resumes reminders and escalation
@@ -854,6 +878,9 @@ class AlertEngine:
             asyncio.create_task(self._write(), name="alerting-writer"),
             asyncio.create_task(self._tick(), name="alerting-tick"),
         ]
+        if self.store is not None:
+            self._records_wake.set()  # at once: what was committed since the replay
+            self._tasks.append(asyncio.create_task(self._feed(), name="alerting-records"))
         if self._attach is not None:
             self._attach(self.listener)
         log.info(
@@ -868,11 +895,10 @@ class AlertEngine:
         if not self._running:
             return
         self._running = False
-        tick = self._tasks[1] if len(self._tasks) > 1 else None
-        if tick is not None:
-            tick.cancel()
+        for task in self._tasks[1:]:  # the tick and the records feed
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await tick
+                await task
         self._wake.set()
         writer = self._tasks[0] if self._tasks else None
         if writer is not None:
@@ -1124,6 +1150,95 @@ class AlertEngine:
             paused.discard("mqtt")
             monitor.resume("mqtt", now)
 
+    # ---- the records feed ------------------------------------------------------------------------
+
+    def poll_records(self) -> None:
+        """Read the new records now rather than at the next poll (any thread; never waits, never
+        raises): the gateway calls it after storing records. A no-op when the engine is not
+        running in this process -- the engine that runs reads them from the registry anyway."""
+        loop = self._loop
+        if loop is None or not self._running:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._records_wake.set)
+
+    async def _feed(self) -> None:
+        """Every ``tick_interval_s``, or at once when :meth:`poll_records` asks."""
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            timer = loop.call_later(self.settings.tick_interval_s, self._records_wake.set)
+            try:
+                await self._records_wake.wait()
+            finally:
+                timer.cancel()
+            self._records_wake.clear()
+            try:
+                await self.feed_records()
+                failures = 0
+            except Exception as exc:  # the registry is down: read again at the next poll
+                failures += 1
+                self.stats.record_errors += 1
+                if failures == 1 or failures % 100 == 0:
+                    log.error("alerting: cannot read new records (attempt %d): %s", failures, exc)
+
+    async def feed_records(self) -> int:
+        """Read the records stored since the last read (``record_events``, ``id >`` the highest
+        seen; first: the highest at the start-up replay) and evaluate each once, by id, on the
+        loop; returns how many. The registry is the feed, whoever stored the record: a gateway
+        in this process, another process (``alerting.tap: false``) or another host.
+
+        On PostgreSQL ids are taken before commit, so a lower id can become visible after a
+        higher one: an id skipped over is looked for in every read for :data:`RECORD_WAIT_S`
+        (a rolled-back or deleted row's id is given up then). SQLite hands ids out in commit
+        order and never twice (``AUTOINCREMENT``)."""
+        if self.store is None or self.core is None or not self._running:
+            return 0
+        async with self._records_lock:
+            fed = 0
+            while True:
+                clock = time.monotonic()
+                missing = self._records_missing
+                for row_id in [i for i, until in missing.items() if until < clock]:
+                    del missing[row_id]
+                found = await asyncio.to_thread(
+                    self.store.new_records, self._records_last, list(missing), RECORD_BATCH
+                )
+                fresh = 0
+                for row_id, event in found:
+                    if row_id > self._records_last:
+                        fresh += 1
+                        self._skipped(row_id, clock + RECORD_WAIT_S)
+                        self._records_last = row_id
+                    elif missing.pop(row_id, None) is None:
+                        continue  # seen already
+                    fed += self._evaluate_record(row_id, event)
+                if fresh < RECORD_BATCH or not self._running:
+                    return fed
+
+    def _skipped(self, row_id: int, until: float) -> None:
+        """Ids between the highest seen and ``row_id``: not committed yet, or never will be."""
+        missing = self._records_missing
+        first = max(self._records_last + 1, row_id - RECORD_MAX_MISSING)
+        for i in range(first, row_id):
+            missing[i] = until
+        while len(missing) > RECORD_MAX_MISSING:  # the oldest first (ids come in order)
+            del missing[next(iter(missing))]
+
+    def _evaluate_record(self, row_id: int, event: RecordEvent) -> int:
+        core = self.core
+        assert core is not None
+        try:
+            transitions = core.record_event(event, self.clock())
+        except Exception:
+            self.stats.record_errors += 1
+            log.exception("alerting: record %d (%s) not evaluated", row_id, event)
+            return 0
+        self.stats.records_fed += 1
+        if transitions:
+            self._emit(transitions)
+        return 1
+
     # ---- people's actions (any thread) -----------------------------------------------------------
 
     def acknowledge(self, alert_id: str, by: str, comment: str | None) -> Alert:
@@ -1136,10 +1251,11 @@ class AlertEngine:
         return self._call(self._act, "resolve", alert_id, by, reason)
 
     def record_event(self, event: RecordEvent) -> None:
-        """A record posted through the gateway (medical waste, disinfection), already stored in
-        the registry: evaluated on the loop thread; blocks the calling thread (never the loop's)
-        until it is. ``EngineUnavailable`` when the engine is not running: the gateway keeps the
-        record, and :meth:`start` replays it."""
+        """A record from elsewhere than the registry's ``record_events`` (a bench, a test):
+        evaluated on the loop thread; blocks the calling thread (never the loop's) until it is.
+        ``EngineUnavailable`` when the engine is not running. The records the gateway stores reach
+        the engine through the records feed (:meth:`feed_records`): never hand one of those in
+        here as well, it would be evaluated twice (a bag counted twice)."""
 
         async def run() -> None:
             assert self.core is not None

@@ -11,6 +11,7 @@ and nothing is opened twice.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,9 @@ from gateway.registry.models import AlertRow, AlertTransitionRow, RecordEventRow
 from protocols.lineprotocol import encode_line
 
 ALERT_MEASUREMENT = "alert_event"
+RECORD_SCAN = 1000  # the newest record ids read at the replay, to find those not yet committed
+SITE_CHUNK = 200  # sites per replay query (one OR branch and two parameters each)
+ID_CHUNK = 500  # ids per IN (...) of the records feed
 
 
 class DuplicateOpenAlert(RuntimeError):
@@ -114,28 +118,115 @@ class AlertStore:
         """The records sites posted (``record_events``, written by the gateway) whose time is at
         or after ``since`` -- or, for a site of ``sites``, after its own earlier time -- oldest
         first: what the records monitor replays at the engine's start (epoch seconds)."""
-        when = or_(
-            RecordEventRow.at >= _from_epoch(since),
-            *(
-                and_(RecordEventRow.site_id == site, RecordEventRow.at >= _from_epoch(start))
-                for site, start in (sites or {}).items()
-                if start < since
-            ),
-        )
+        return self.replay_records(since, sites).events
+
+    def replay_records(
+        self, since: float, sites: Mapping[str, float] | None = None
+    ) -> RecordReplay:
+        """:meth:`record_events`, with where the engine's records feed starts (:meth:`new_records`).
+
+        The newest ids are read first (``last_id``, the highest); the records replayed are those
+        with ids up to it, and those committed later (``id > last_id``) are the feed's. ``missing``:
+        ids below ``last_id`` (among the last :data:`RECORD_SCAN` ids) that were neither present
+        when the newest were read nor replayed -- a transaction still open then (on PostgreSQL ids
+        are taken before commit, so a lower id may commit after a higher one), or a row deleted or
+        rolled back; the feed looks for them a while. Each site of ``sites`` whose time is before
+        ``since`` is asked for in chunks of :data:`SITE_CHUNK` (one OR branch per site: SQLite
+        refuses an expression tree ~1000 deep, and every backend limits bind parameters).
+        """
+        start = _from_epoch(since)
+        earlier = sorted((site, at) for site, at in (sites or {}).items() if at < since)
         with self.registry.session() as session:
-            found = session.execute(
-                select(
-                    RecordEventRow.site_id,
-                    RecordEventRow.record_type,
-                    RecordEventRow.at,
-                    RecordEventRow.ref,
-                )
-                .where(when)
-                .order_by(RecordEventRow.at, RecordEventRow.id)
-            ).all()
-        return [
-            RecordEvent(site, kind, at.timestamp(), ref or None) for site, kind, at, ref in found
+            recent = list(
+                session.execute(
+                    select(RecordEventRow.id).order_by(RecordEventRow.id.desc()).limit(RECORD_SCAN)
+                ).scalars()
+            )
+            last_id = recent[0] if recent else 0
+            columns = (
+                RecordEventRow.id,
+                RecordEventRow.site_id,
+                RecordEventRow.record_type,
+                RecordEventRow.at,
+                RecordEventRow.ref,
+            )
+            found = list(
+                session.execute(
+                    select(*columns).where(RecordEventRow.id <= last_id, RecordEventRow.at >= start)
+                ).all()
+            )
+            for i in range(0, len(earlier), SITE_CHUNK):
+                chunk = earlier[i : i + SITE_CHUNK]
+                found += session.execute(
+                    select(*columns).where(
+                        RecordEventRow.id <= last_id,
+                        RecordEventRow.at < start,
+                        or_(
+                            *(
+                                and_(
+                                    RecordEventRow.site_id == site,
+                                    RecordEventRow.at >= _from_epoch(at),
+                                )
+                                for site, at in chunk
+                            )
+                        ),
+                    )
+                ).all()
+        found.sort(key=lambda row: (row.at, row.id))
+        replayed = {row.id for row in found}
+        present = set(recent)
+        missing = [
+            i
+            for i in range(recent[-1] if recent else 1, last_id)
+            if i not in present and i not in replayed
         ]
+        events = [
+            RecordEvent(row.site_id, row.record_type, row.at.timestamp(), row.ref or None)
+            for row in found
+        ]
+        return RecordReplay(events, last_id, missing)
+
+    def new_records(
+        self, after: int, missing: Iterable[int] = (), limit: int = 1000
+    ) -> list[tuple[int, RecordEvent]]:
+        """The records feed: the first ``limit`` rows with ``id > after``, and those of the ids
+        ``missing`` that are there now (see :meth:`replay_records`), by id."""
+        columns = (
+            RecordEventRow.id,
+            RecordEventRow.site_id,
+            RecordEventRow.record_type,
+            RecordEventRow.at,
+            RecordEventRow.ref,
+        )
+        wanted = sorted(set(missing))
+        with self.registry.session() as session:
+            found = list(
+                session.execute(
+                    select(*columns)
+                    .where(RecordEventRow.id > after)
+                    .order_by(RecordEventRow.id)
+                    .limit(limit)
+                ).all()
+            )
+            for i in range(0, len(wanted), ID_CHUNK):
+                found += session.execute(
+                    select(*columns).where(RecordEventRow.id.in_(wanted[i : i + ID_CHUNK]))
+                ).all()
+        found.sort(key=lambda row: row.id)
+        return [
+            (row.id, RecordEvent(row.site_id, row.record_type, row.at.timestamp(), row.ref or None))
+            for row in found
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordReplay:
+    """What :meth:`AlertStore.replay_records` found: the records to replay (oldest first), the
+    highest id when they were read, and the ids below it that may still be committed."""
+
+    events: list[RecordEvent]
+    last_id: int
+    missing: list[int] = field(default_factory=list)
 
 
 def _from_epoch(ts: float) -> datetime:

@@ -31,7 +31,8 @@ class GatewayContext:
     device_keys: Any = None  # gateway.device_keys.DeviceKeys; built from the registry if None
     mqtt_topic_prefix: str = "weijian/v1"
     # alerting.engine.AlertEngine when this process runs the detector: acknowledgements and
-    # manual resolutions go through its book (None: the alert API answers 503 for those).
+    # manual resolutions go through its book (None: the alert API answers 503 for those); posted
+    # records nudge it to read them from the registry at once (it reads them anyway).
     alerts: Any = None
     # Called (synchronously, after commit) whenever devices or their credentials changed:
     # the broker's password/ACL files and the directory cache follow the registry.

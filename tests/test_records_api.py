@@ -4,7 +4,8 @@ the listing and its scope, and the end-to-end path into a real alert engine.
 The seeded world (tests/gateway_fixtures.py): tenant ``water`` with sites s102 (county 330102) and
 s106 (330106) in Hangzhou, tenant ``hospital`` with s206 (330206) in Ningbo; staff of each scope
 and a tenant user of ``water``. The engine test runs a real :class:`AlertEngine` on the same
-registry with a clock the test moves, as the platform would run it.
+registry with a clock the test moves, as the platform would run it; it reads the records from the
+registry (its records feed), whether or not the gateway that took them runs it.
 """
 
 from __future__ import annotations
@@ -411,7 +412,11 @@ async def test_a_bag_not_handed_over_raises_then_clears_through_the_engine(
     r = await client.post("/records", json=hand_over, headers=world.ningbo)
     assert r.status_code == 201, r.text
     assert engine.core is not None
-    assert not [a for a in engine.core.book.open_alerts() if a.key.rule == "record:mw.storage"]
+    core = engine.core
+    await until(  # the engine reads it at once (the gateway nudges it; its poll would anyway)
+        lambda: not [a for a in core.book.open_alerts() if a.key.rule == "record:mw.storage"],
+        within_s=2.0,
+    )
 
     async def resolved() -> dict[str, Any] | None:
         body = (await client.get(f"/alerts/{alert['id']}", headers=world.admin)).json()
@@ -420,6 +425,48 @@ async def test_a_bag_not_handed_over_raises_then_clears_through_the_engine(
     alert = await until(resolved)
     assert alert["resolved_by"] is None  # cleared by itself: the record arrived
     assert len(await storage_alerts()) == 1
+
+
+async def test_a_gateway_without_an_engine_feeds_the_engine_through_the_registry(
+    world: World,
+) -> None:
+    """The gateway that takes the record runs no engine (``ctx.alerts`` None: ``alerting.tap:
+    false``, another host); the engine elsewhere on the same registry reads it by its poll."""
+    ctx: GatewayContext = world.ctx
+    assert ctx.alerts is None
+    contexts = RegistryContexts(ctx.registry)
+    contexts.refresh()
+    clock = Clock()
+    engine = AlertEngine(
+        contexts,
+        AlertingSettings(warmup=False, startup_grace_s=0, tick_interval_s=0.05),
+        store=AlertStore(ctx.registry),
+        clock=clock,
+    )
+
+    def storage_alerts() -> list[dict[str, Any]]:
+        r = world.get("/alerts?rule=record:mw.storage", "admin")
+        assert r.status_code == 200, r.text
+        return r.json()["items"]
+
+    async with engine:
+        collected = {"site_id": "s206", "record_type": "medical_waste_collected", "ref": "MW-9"}
+        body = {**collected, "at": now_iso(-60)}
+        r = await asyncio.to_thread(world.post, "/records", "ningbo", json=body)
+        assert r.status_code == 201, r.text
+        await until(lambda: engine.stats.records_fed == 1)
+        clock.offset = 24 * H + 60
+        alert = (await until(lambda: storage_alerts()))[0]
+        assert (alert["site_id"], alert["state"], alert["labels"]["waiting"]) == (
+            "s206",
+            "firing",
+            1,
+        )
+        hand_over = {**collected, "record_type": "medical_waste_transferred", "at": now_iso()}
+        r = await asyncio.to_thread(world.post, "/records", "ningbo", json=hand_over)
+        assert r.status_code == 201, r.text
+        await until(lambda: storage_alerts()[0]["state"] == "resolved")
+        assert engine.stats.records_fed == 2
 
 
 def stored_at(world: World, ref: str) -> str:

@@ -3,8 +3,8 @@ monitor at start, silently, and the first tick settles what happened while the p
 
 A real registry (SQLite) and a real :class:`AlertEngine` with its :class:`AlertStore`, run twice
 on the same database with a clock the test sets (a fixed morning in China Standard Time). Records
-are inserted as the gateway stores them (``record_events``) and, while an engine runs, handed to
-it as the gateway does (``engine.record_event``); while none runs they are only stored.
+are inserted as the gateway stores them (``record_events``); a running engine reads them from
+there (its records feed: ``feed_records``, which the tests call rather than wait for the poll).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -83,21 +84,10 @@ class Platform:
         self.engine = None
 
     async def post(self, record_type: str, at: float, ref: str | None = None, site: str = SITE):
-        """Store the record as the gateway does; hand it to the engine if one runs."""
-        with self.registry.session() as session, session.begin():
-            session.add(
-                RecordEventRow(
-                    site_id=site,
-                    record_type=record_type,
-                    at=datetime.fromtimestamp(at, UTC),
-                    ref=ref or "",
-                    source="user",
-                    posted_by="nurse",
-                )
-            )
+        """Store the record as the gateway does; a running engine reads it (at once, here)."""
+        store_record(self.registry, record_type, at, ref, site)
         if self.engine is not None:
-            event = RecordEvent(site, record_type, at, ref)
-            await asyncio.to_thread(self.engine.record_event, event)
+            await self.engine.feed_records()
 
     async def at(self, now: float) -> None:
         """Move the clock and let a few ticks run, then wait until everything is persisted."""
@@ -123,6 +113,25 @@ class Platform:
                     .order_by(AlertTransitionRow.id)
                 ).scalars()
             ]
+
+
+def store_record(
+    registry: Registry, record_type: str, at: float, ref: str | None = None, site: str = SITE
+) -> int:
+    """Insert a ``record_events`` row as the gateway does; its id."""
+    with registry.session() as session, session.begin():
+        row = RecordEventRow(
+            site_id=site,
+            record_type=record_type,
+            at=datetime.fromtimestamp(at, UTC),
+            ref=ref or "",
+            source="user",
+            posted_by="nurse",
+            received_at=datetime.now(UTC),
+        )
+        session.add(row)
+        session.flush()
+        return row.id
 
 
 @pytest.fixture
@@ -335,3 +344,215 @@ def test_an_alert_of_a_rule_since_removed_is_left_alone() -> None:
     monitor.restore([], book.open_alerts())
     assert monitor.tick(T0 + D) == []
     assert [a.state for a in book.open_alerts()] == [AlertState.FIRING]
+
+
+# ---- the records feed: the registry, read by id -------------------------------------------------
+
+
+async def test_the_engine_reads_records_stored_by_others_from_the_registry(
+    platform: Platform,
+) -> None:
+    """No one hands the engine anything: a record stored by a gateway elsewhere (another process,
+    another host, ``alerting.tap: false``) is read by the engine's poll and judged."""
+    engine = await platform.start(T0)
+    store_record(platform.registry, "medical_waste_collected", T0, "MW-10")
+    await until(lambda: engine.stats.records_fed == 1)  # the poll (tick_interval_s 0.02)
+    await platform.at(T0 + 24 * H + 60)
+    (alert,) = platform.alerts()
+    assert (alert.rule_id, alert.state, alert.labels["waiting"]) == (STORAGE, "firing", 1)
+    store_record(platform.registry, "medical_waste_transferred", T0 + 25 * H, "MW-10")
+    await until(lambda: platform.alerts(STORAGE)[0].state == "resolved")
+    assert engine.stats.records_fed == 2
+
+
+async def test_each_record_is_evaluated_once_however_often_it_is_read(platform: Platform) -> None:
+    engine = await platform.start(T0)
+    store_record(platform.registry, "medical_waste_collected", T0, "MW-11")
+    for _ in range(3):
+        engine.poll_records()  # nudges, the poll and direct reads, all at once
+    fed = await asyncio.gather(*(engine.feed_records() for _ in range(4)))
+    await platform.at(T0 + H)
+    assert sum(fed) <= 1  # the background poll may have been first
+    assert engine.stats.records_fed == 1
+    await platform.at(T0 + 24 * H + 60)
+    (alert,) = platform.alerts()
+    assert alert.labels["waiting"] == 1  # the bag was counted once
+    await platform.stop()
+
+    await platform.start(T0 + 25 * H)  # replayed at the start, not read again by the feed
+    await platform.at(T0 + 25 * H)
+    assert platform.engine is not None
+    assert platform.engine.stats.records_fed == 0
+    assert platform.engine.core is not None
+    assert platform.engine.core.records._since(  # one bag waiting, as before the restart
+        platform.engine.core.records._by_id["mw.storage"], SITE
+    ) == (T0, 1)
+
+
+class RacingStore(AlertStore):
+    """A gateway commits a record right after the start-up replay has read the table."""
+
+    def __init__(self, registry: Registry, record: tuple[str, float, str]) -> None:
+        super().__init__(registry)
+        self.record: tuple[str, float, str] | None = record
+
+    def replay_records(self, since: float, sites: Any = None) -> Any:
+        replay = super().replay_records(since, sites)
+        if self.record is not None:
+            store_record(self.registry, *self.record)
+            self.record = None
+        return replay
+
+
+async def test_a_record_committed_during_the_start_up_replay_is_not_lost(
+    platform: Platform,
+) -> None:
+    store_record(platform.registry, "medical_waste_collected", T0, "MW-12")  # before: replayed
+    platform.store = RacingStore(
+        platform.registry, ("medical_waste_collected", T0 + H, "MW-13")
+    )  # during: read by the feed
+    engine = await platform.start(T0 + 2 * H)
+    await until(lambda: engine.stats.records_fed == 1)
+    await platform.at(T0 + 25 * H + 60)
+    (alert,) = platform.alerts()
+    assert (alert.state, alert.labels["waiting"]) == ("firing", 2)  # both bags, once each
+
+
+async def test_ids_committed_out_of_order_are_still_read(platform: Platform) -> None:
+    """On PostgreSQL an id is taken before commit: a lower id may become visible after a higher
+    one was read. The feed keeps looking for the ids it skipped (here: rows given explicit ids)."""
+    first = store_record(platform.registry, "disinfection", T0 - H, site="ward-4")
+    store_row(platform.registry, first + 2, "medical_waste_collected", T0 - H, "MW-14")
+    engine = await platform.start(T0)  # first + 1 is still "open" at the start ...
+    store_row(platform.registry, first + 4, "medical_waste_collected", T0, "MW-15")
+    await until(lambda: engine.stats.records_fed == 1)  # ... and first + 3 when this is read
+    store_row(platform.registry, first + 3, "medical_waste_collected", T0, "MW-16")
+    store_row(platform.registry, first + 1, "medical_waste_collected", T0 - H, "MW-17")
+    await until(lambda: engine.stats.records_fed == 3)
+    assert await engine.feed_records() == 0
+    await platform.at(T0 + 24 * H + 60)
+    (alert,) = platform.alerts(STORAGE)
+    assert alert.labels["waiting"] == 4  # MW-14 replayed, MW-15, -16, -17 read: once each
+
+
+def store_row(
+    registry: Registry, row_id: int, record_type: str, at: float, ref: str, site: str = SITE
+) -> None:
+    with registry.session() as session, session.begin():
+        session.add(
+            RecordEventRow(
+                id=row_id,
+                site_id=site,
+                record_type=record_type,
+                at=datetime.fromtimestamp(at, UTC),
+                ref=ref,
+                source="device",
+                posted_by="scanner",
+                received_at=datetime.now(UTC),
+            )
+        )
+
+
+async def until(check: Any, within_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+# ---- many sites with old open alerts -------------------------------------------------------------
+
+
+async def test_a_start_with_1200_sites_holding_old_open_record_alerts(tmp_path: Path) -> None:
+    """Each site's alert started before the replay window: the replay asks for each site from its
+    own time (in chunks: one OR branch per site made SQLite refuse ~1000 of them)."""
+    n = 1200
+    registry = Registry.open(sqlite_url(tmp_path / "many.db"))
+    collected = T0 - 12 * D  # older than the 7-day window
+    fired = datetime.fromtimestamp(collected + 48 * H, UTC)
+    sites = [f"site-{i:04d}" for i in range(n)]
+    try:
+        with registry.session() as session, session.begin():
+            session.add(Tenant(id="hospital", name="City Hospital"))
+            session.flush()
+            for i, site in enumerate(sites):
+                session.add(
+                    Site(
+                        id=site,
+                        tenant_id="hospital",
+                        name=site,
+                        region_code="330206",
+                        venue_type="hospital",
+                    )
+                )
+                session.add(
+                    AlertRow(
+                        id=f"a{i:05d}",
+                        device_id=site,
+                        rule_id=STORAGE,
+                        state="firing",
+                        severity=int(Severity.CRITICAL),
+                        tenant_id="hospital",
+                        site_id=site,
+                        region_code="330206",
+                        kind="site",
+                        message="overdue",
+                        started_at=fired,
+                        fired_at=fired,
+                        labels={
+                            "expected_alert": STORAGE,
+                            "since": datetime.fromtimestamp(collected - i, UTC).isoformat(),
+                        },
+                    )
+                )
+            session.flush()
+            for i, site in enumerate(sites):
+                session.add(
+                    RecordEventRow(
+                        site_id=site,
+                        record_type="medical_waste_collected",
+                        at=datetime.fromtimestamp(collected - i, UTC),
+                        ref=f"MW-{i}",
+                        source="device",
+                        posted_by="scanner",
+                        received_at=fired,
+                    )
+                )
+            # before its site's alert started: not needed, not read
+            session.add(
+                RecordEventRow(
+                    site_id=sites[0],
+                    record_type="disinfection",
+                    at=datetime.fromtimestamp(collected - D, UTC),
+                    ref="",
+                    source="user",
+                    posted_by="nurse",
+                    received_at=fired,
+                )
+            )
+
+        store = AlertStore(registry)
+        monitor = RecordsMonitor()
+        since, starts = monitor.replay_since(store.open_alerts(), T0)
+        assert len(starts) == n
+        replay = store.replay_records(since, starts)
+        assert len(replay.events) == n
+        assert [e.at for e in replay.events] == sorted(e.at for e in replay.events)
+        assert {e.record_type for e in replay.events} == {"medical_waste_collected"}
+        assert replay.last_id == n + 1
+
+        platform = Platform(registry)
+        engine = await platform.start(T0)
+        try:
+            await platform.at(T0 + 60)  # every bag is still waiting: nothing resolves
+            assert engine.stats.transitions == 0
+            assert len(platform.alerts()) == n
+            await platform.post("medical_waste_transferred", T0 + 120, "MW-7", sites[7])
+            await platform.at(T0 + 120)
+            assert [(a.device_id, a.state) for a in platform.alerts() if a.state != "firing"] == [
+                (sites[7], "resolved")
+            ]
+        finally:
+            await platform.stop()
+    finally:
+        registry.close()

@@ -3,9 +3,11 @@
 What the records monitor (alerting/domain/records.py, rules in alerting/data/records.yaml)
 judges: a bag collected into the temporary store must be handed over within 48 h, a site's daily
 disinfection record is due every 24 h, and so on. Every record is stored (``record_events``)
-before anything else happens; once committed it is handed to the alert engine
-(``ctx.alerts.record_event``). An engine that is not running does not fail the request: the
-record is kept, and the engine replays the stored records at its next start.
+before anything else happens, and the registry is the alert engine's feed: the engine reads the
+new rows (by id, every ``alerting.tick_interval_s``) wherever it runs -- this process, another
+worker, another host -- and replays the recent ones at its start. The gateway only nudges an
+engine running in this process to read at once (``ctx.alerts.poll_records``); no engine running
+anywhere does not fail the request: the record is kept, and judged once one runs.
 
 **Who posts.** Staff with write access to the site (admin; city and county admins in their
 region) and — the one exception to "tenant users read only" — tenant users, for the sites of
@@ -42,8 +44,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from alerting.domain.records import RecordEvent, default_record_rules
-from alerting.engine import EngineUnavailable
+from alerting.domain.records import default_record_rules
 from gateway import audit
 from gateway.api import CtxDep, PageDep, SessionDep, paginate
 from gateway.context import GatewayContext
@@ -176,7 +177,7 @@ class RecordOut(BaseModel):
 
 
 class RecordBatchOut(BaseModel):
-    created: int = Field(description="New records stored (and handed to the alert engine)")
+    created: int = Field(description="New records stored (and read by the alert engine)")
     existing: int = Field(description="Records that were already stored (retries): unchanged")
     records: list[RecordOut] = Field(description="Every record of the batch, in its order")
 
@@ -264,31 +265,23 @@ def _brief(row: RecordEventRow) -> dict[str, Any]:
     }
 
 
-def _hand_over(ctx: GatewayContext, rows: Sequence[RecordEventRow]) -> None:
-    """New records to the alert engine, oldest first; the records are stored whatever happens."""
+def _nudge(ctx: GatewayContext) -> None:
+    """New records are committed: an engine in this process reads them now, not at its next poll
+    (it reads them from the registry, as an engine elsewhere does; nothing is handed over)."""
     engine = ctx.alerts
     if engine is None:
         return
-    for row in sorted(rows, key=lambda r: (r.at, r.id)):
-        event = RecordEvent(row.site_id, row.record_type, row.at.timestamp(), row.ref or None)
-        try:
-            engine.record_event(event)
-        except EngineUnavailable as exc:
-            log.warning(
-                "records: %d record(s) stored but not evaluated now (%s); the alert engine "
-                "replays them at its next start",
-                len(rows),
-                exc,
-            )
-            return
-        except Exception:
-            log.exception("records: record %d stored but not evaluated", row.id)
+    try:
+        engine.poll_records()
+    except Exception:  # the records are stored and the engine's poll finds them anyway
+        log.exception("records: cannot ask the alert engine to read the new records now")
 
 
 def _answer(
     ctx: GatewayContext, response: Response, saved: list[tuple[RecordEventRow, bool]]
 ) -> list[tuple[RecordEventRow, bool]]:
-    _hand_over(ctx, [row for row, created in saved if created])
+    if any(created for _, created in saved):
+        _nudge(ctx)
     response.status_code = 201 if any(created for _, created in saved) else 200
     return saved
 

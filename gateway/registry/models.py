@@ -326,11 +326,12 @@ class AlertTransitionRow(Base):
 class RecordEventRow(Base):
     """A record a site declared through the gateway (``POST /records``, ``/ingest/v1/records``).
 
-    The records monitor's input (alerting/domain/records.py): handed to the alert engine once
-    committed, and replayed into it at its start. One row per (site, record type, time, ref): a
-    retry of the same declaration finds the row already there. ``ref`` is ``""`` when the record
-    carries no bag or batch code (the API shows ``null``), so that the unique constraint holds on
-    every backend (NULLs are distinct in a SQL unique constraint). Records go with their site.
+    The records monitor's input (alerting/domain/records.py): the alert engine reads the new rows
+    by ``id`` (which only grows: ``AUTOINCREMENT`` on SQLite) and replays the recent ones at its
+    start. One row per (site, record type, time, ref): a retry of the same declaration finds the
+    row already there. ``ref`` is ``""`` when the record carries no bag or batch code (the API
+    shows ``null``), so that the unique constraint holds on every backend (NULLs are distinct in
+    a SQL unique constraint). Records go with their site.
     """
 
     __tablename__ = "record_events"
@@ -339,6 +340,8 @@ class RecordEventRow(Base):
             "site_id", "record_type", "at", "ref", name="uq_record_events_site_type_at_ref"
         ),
         Index("ix_record_events_site_at", "site_id", "at"),
+        # ids only grow, never reused after a delete: the alert engine reads new rows by id
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
