@@ -164,6 +164,7 @@ async def platform_phase(args: argparse.Namespace, tmp: Path) -> Phase:
             host="127.0.0.1",
             port=0,
             max_connections=n + 100,
+            max_connections_per_peer=n + 100,  # every simulated station is on loopback
             idle_timeout_s=None,
         ) as collector:
             await drive(phase, collector.port, args, 5, lambda: collector.stats.packets)

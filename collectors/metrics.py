@@ -228,11 +228,12 @@ def _hj212_families(hj: Any) -> Iterator[Any]:
     yield r
     refused = CounterMetricFamily(
         "weijian_hj212_connections_refused",
-        "HJ 212 connections refused at accept: over max_connections, or from a peer blocked "
-        "after wrong PWs.",
+        "HJ 212 connections refused at accept: over max_connections, over "
+        "max_connections_per_peer from one peer, or from a peer blocked after wrong PWs.",
         labels=["reason"],
     )
     refused.add_metric(["max_connections"], hj.connections_refused)
+    refused.add_metric(["per_peer_limit"], hj.connections_per_peer_refused)
     refused.add_metric(["auth_blocked"], hj.connections_blocked)
     yield refused
     blocks = CounterMetricFamily(

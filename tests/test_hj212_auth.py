@@ -8,6 +8,7 @@ all of 127/8 to lo), honest stations from 127.0.0.1 unless said otherwise. Perio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import replace
 
@@ -391,3 +392,54 @@ async def test_a_stale_pw_is_refused_but_never_blocks(tmp_path) -> None:
         await client.send(fixed.encode(packet))
         assert await client.replies(1) == [packet.qn]
         await client.close()
+
+
+# -- connections per peer -------------------------------------------------------------------
+
+
+async def closed_at_accept(client: Client) -> bool:
+    """The collector closed ``client`` (FIN or RST) before anything was sent."""
+    with contextlib.suppress(ConnectionResetError):
+        await client.closed_by_peer()
+    await client.close()
+    return True
+
+
+async def test_one_peer_cannot_hold_more_than_max_connections_per_peer(tmp_path) -> None:
+    assert load_settings().hj212.max_connections_per_peer == 64
+    async with rig(tmp_path, max_connections_per_peer=3) as r:
+        stats = r.collector.stats
+        held = [await Client.open(r.port) for _ in range(3)]  # from 127.0.0.1
+        await _wait(lambda: stats.connections_open == 3)
+        assert await closed_at_accept(await Client.open(r.port))  # the fourth
+        assert stats.connections_per_peer_refused == 1
+        assert stats.connections_refused == stats.connections_blocked == 0
+
+        # Another address is not concerned.
+        other = await client_from("127.0.0.2", r.port)
+        assert await other.silent(0.1)
+        await _wait(lambda: stats.connections_open == 4)
+
+        # The peer's open connections keep working.
+        station = ws_station()
+        packet = station.realtime_packet(time.time())
+        await held[0].send(station.encode(packet))
+        assert await held[0].replies(1) == [packet.qn]
+
+        # Once one closes, a new one is accepted and served.
+        await held[1].close()
+        await _wait(lambda: stats.connections_open == 3)
+        again = await Client.open(r.port)
+        packet = station.realtime_packet(time.time() + 1)
+        await again.send(station.encode(packet))
+        assert await again.replies(1) == [packet.qn]
+        assert stats.connections_per_peer_refused == 1
+        assert len(r.readings) == 2
+        assert r.collector._per_peer == {"127.0.0.1": 3, "127.0.0.2": 1}
+
+        exported = generate_latest(r.ingestor.metrics.registry).decode()
+        assert 'weijian_hj212_connections_refused_total{reason="per_peer_limit"} 1.0' in exported
+        for c in (*held, other, again):
+            await c.close()
+        await _wait(lambda: stats.connections_open == 0)
+        assert not r.collector._per_peer

@@ -119,6 +119,13 @@ class Hj212Settings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=9212, ge=0, le=65535, description="0: any free port.")
     max_connections: int = Field(default=5000, gt=0)
+    max_connections_per_peer: int = Field(
+        default=64,
+        gt=0,
+        description="Connections open at once from one peer (IPv4 address or IPv6 /64); more are "
+        "closed at accept, so one address cannot hold every slot. A data logger relaying many "
+        "stations, or stations behind one NAT, may need dozens (docs/hj212.md).",
+    )
     idle_timeout_s: float = Field(default=600.0, gt=0)
     # Wrong-password limits (collectors/hj212/guard.py; docs/hj212.md, "Password guessing").
     auth_max_failures: int = Field(

@@ -235,6 +235,7 @@ class Platform:
                 host=s.hj212.host,
                 port=s.hj212.port,
                 max_connections=s.hj212.max_connections,
+                max_connections_per_peer=s.hj212.max_connections_per_peer,
                 idle_timeout_s=s.hj212.idle_timeout_s,
                 auth=AuthLimits(
                     max_failures=s.hj212.auth_max_failures,

@@ -11,7 +11,9 @@ lengths cost only themselves and the connection stays open), then the data segme
 station: its MN must be registered (``lookup``) and its PW must pass ``check_password`` (cached per
 connection and MN, so a station's packets are not re-hashed one by one). Wrong PWs are limited
 per peer and per MN (:class:`~collectors.hj212.guard.AuthGuard`: a blocked peer's packets are
-refused unchecked and its connection closed). Real-time data (2011) is
+refused unchecked and its connection closed). One peer (the same key: an IPv4 address or an IPv6
+/64) holds at most ``max_connections_per_peer`` connections at once; more are closed at accept.
+Real-time data (2011) is
 stored as readings; minute, hourly and daily data (2051, 2061, 2031) are acknowledged but not
 stored (docs/hj212.md: the platform rolls its own aggregates up from the real-time data). When the
 Flag asks for a reply, the reply is written only after the spool says the readings are durable,
@@ -106,6 +108,7 @@ class Hj212Stats:
     connections_open: int = 0
     connections_total: int = 0
     connections_refused: int = 0  # over max_connections
+    connections_per_peer_refused: int = 0  # over max_connections_per_peer from one peer
     connections_blocked: int = 0  # refused at accept: the peer is blocked after wrong PWs
     closed_idle: int = 0
     closed_abuse: int = 0  # too many consecutive errors
@@ -141,6 +144,7 @@ class Hj212Collector:
         code_map: CodeMap | None = None,
         profiles: Mapping[str, Profile] | None = None,
         max_connections: int = 5000,
+        max_connections_per_peer: int = 64,
         idle_timeout_s: float | None = 600.0,
         max_consecutive_errors: int = 20,
         auth: AuthLimits | None = None,
@@ -149,6 +153,8 @@ class Hj212Collector:
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if max_connections_per_peer < 1:
+            raise ValueError("max_connections_per_peer must be at least 1")
         if idle_timeout_s is not None and idle_timeout_s <= 0:
             raise ValueError("idle_timeout_s must be positive (or None for no timeout)")
         self.ingestor = ingestor
@@ -156,6 +162,7 @@ class Hj212Collector:
         self.host = host
         self.port = port
         self.max_connections = max_connections
+        self.max_connections_per_peer = max_connections_per_peer
         self.idle_timeout_s = idle_timeout_s
         self.max_consecutive_errors = max_consecutive_errors
         self.tz = tz
@@ -170,6 +177,7 @@ class Hj212Collector:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._connections: set[_Connection] = set()
+        self._per_peer: Tally[str] = Tally()  # peer key (guard.peer_key) -> connections open
         self._pending: set[asyncio.Future[None]] = set()
         self._closing = False
         self._last_logged: dict[tuple[str, ...], float] = {}
@@ -349,11 +357,25 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             transport.abort()
             return
+        if c._per_peer[self.key] >= c.max_connections_per_peer:
+            c.stats.connections_per_peer_refused += 1
+            c._log_limited(
+                ("per_peer_refused", self.key),
+                "HJ 212: refusing %s: %d connections already open from %s "
+                "(hj212.max_connections_per_peer)",
+                self.peer,
+                c._per_peer[self.key],
+                self.key,
+            )
+            self.closed = True
+            transport.abort()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):  # notice stations that vanished without a FIN
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         c._connections.add(self)
+        c._per_peer[self.key] += 1
         c.stats.connections_total += 1
         c.stats.connections_open = len(c._connections)
 
@@ -381,6 +403,11 @@ class _Connection(asyncio.Protocol):
         c._connections.discard(self)
         c.stats.connections_open = len(c._connections)
         if was_open:
+            left = c._per_peer[self.key] - 1
+            if left > 0:
+                c._per_peer[self.key] = left
+            else:
+                del c._per_peer[self.key]
             for error in self.decoder.close():  # a frame cut short by the disconnect
                 self._error(error.reason.value, error.detail, strike=False)
             self._count_unattributed(self.unattributed)
