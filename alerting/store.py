@@ -31,6 +31,16 @@ SITE_CHUNK = 200  # sites per replay query (one OR branch and two parameters eac
 ID_CHUNK = 500  # ids per IN (...) of the records feed
 
 
+# what the records replay and feed read of a record_events row
+_RECORD_COLUMNS = (
+    RecordEventRow.id,
+    RecordEventRow.site_id,
+    RecordEventRow.record_type,
+    RecordEventRow.at,
+    RecordEventRow.ref,
+)
+
+
 class DuplicateOpenAlert(RuntimeError):
     """The database already holds an open alert for this (device, rule)."""
 
@@ -143,22 +153,17 @@ class AlertStore:
                 ).scalars()
             )
             last_id = recent[0] if recent else 0
-            columns = (
-                RecordEventRow.id,
-                RecordEventRow.site_id,
-                RecordEventRow.record_type,
-                RecordEventRow.at,
-                RecordEventRow.ref,
-            )
             found = list(
                 session.execute(
-                    select(*columns).where(RecordEventRow.id <= last_id, RecordEventRow.at >= start)
+                    select(*_RECORD_COLUMNS).where(
+                        RecordEventRow.id <= last_id, RecordEventRow.at >= start
+                    )
                 ).all()
             )
             for i in range(0, len(earlier), SITE_CHUNK):
                 chunk = earlier[i : i + SITE_CHUNK]
                 found += session.execute(
-                    select(*columns).where(
+                    select(*_RECORD_COLUMNS).where(
                         RecordEventRow.id <= last_id,
                         RecordEventRow.at < start,
                         or_(
@@ -191,18 +196,11 @@ class AlertStore:
     ) -> list[tuple[int, RecordEvent]]:
         """The records feed: the first ``limit`` rows with ``id > after``, and those of the ids
         ``missing`` that are there now (see :meth:`replay_records`), by id."""
-        columns = (
-            RecordEventRow.id,
-            RecordEventRow.site_id,
-            RecordEventRow.record_type,
-            RecordEventRow.at,
-            RecordEventRow.ref,
-        )
         wanted = sorted(set(missing))
         with self.registry.session() as session:
             found = list(
                 session.execute(
-                    select(*columns)
+                    select(*_RECORD_COLUMNS)
                     .where(RecordEventRow.id > after)
                     .order_by(RecordEventRow.id)
                     .limit(limit)
@@ -210,7 +208,7 @@ class AlertStore:
             )
             for i in range(0, len(wanted), ID_CHUNK):
                 found += session.execute(
-                    select(*columns).where(RecordEventRow.id.in_(wanted[i : i + ID_CHUNK]))
+                    select(*_RECORD_COLUMNS).where(RecordEventRow.id.in_(wanted[i : i + ID_CHUNK]))
                 ).all()
         found.sort(key=lambda row: row.id)
         return [

@@ -12,8 +12,9 @@ from functools import cache
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from protocols.datafile import load_yaml_model
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 ValueType = Literal["float", "int", "bool", "str"]
@@ -110,17 +111,7 @@ class Catalog:
 
 
 def _parse(path: Path, model: type[_M]) -> _M:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise CatalogError(f"{path}: cannot read: {exc}") from exc
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise CatalogError(f"{path}: {problems}") from exc
+    return load_yaml_model(path, model, CatalogError)
 
 
 @cache

@@ -20,7 +20,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from alerting.detectors.base import Detector
@@ -32,6 +31,7 @@ from alerting.detectors.saturation import SaturationDetector
 from alerting.detectors.spike import SpikeDetector
 from alerting.detectors.stuck import StuckDetector
 from protocols.catalog import Catalog, default_catalog
+from protocols.datafile import load_yaml_model
 
 DETECTORS_FILE = Path(__file__).resolve().parent.parent / "data" / "detectors.yaml"
 
@@ -272,16 +272,7 @@ def load_registry(path: Path | None = None, catalog: Catalog | None = None) -> D
     """Read and validate the detector file (default ``alerting/data/detectors.yaml``)."""
     path = path or DETECTORS_FILE
     catalog = catalog or default_catalog()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        doc = _File.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise RegistryError(f"{path}: cannot read: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise RegistryError(f"{path}: {problems}") from exc
+    doc = load_yaml_model(path, _File, RegistryError)
     problems: list[str] = []
     specs: list[DetectorSpec] = []
     emptied: set[tuple[str, str]] = set()

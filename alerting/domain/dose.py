@@ -33,9 +33,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from alerting.datafile import duplicates, load_yaml_model
 from alerting.domain.findings import Finding, utc
 from alerting.model import Severity
+from protocols.datafile import duplicates, load_yaml_model
 
 DOSE_LIMITS_FILE = Path(__file__).resolve().parent.parent / "data" / "dose_limits.yaml"
 _YEAR_S = 365.0 * 86400.0

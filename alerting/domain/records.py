@@ -45,9 +45,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from alerting.datafile import duplicates, load_yaml_model
 from alerting.domain.findings import Finding, utc
 from alerting.model import Alert, Severity
+from protocols.datafile import duplicates, load_yaml_model
 
 RECORDS_FILE = Path(__file__).resolve().parent.parent / "data" / "records.yaml"
 RULE_PREFIX = "record:"

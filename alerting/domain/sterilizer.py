@@ -34,9 +34,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alerting.datafile import load_yaml_model
 from alerting.domain.findings import Finding, utc
 from alerting.model import Severity
+from protocols.datafile import load_yaml_model
 from protocols.steam import saturation_excess_kpa
 
 STERILIZATION_FILE = Path(__file__).resolve().parent.parent / "data" / "sterilization.yaml"

@@ -9,6 +9,7 @@ request ends. This module imports no router, so routers and :mod:`gateway.securi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query, Request
@@ -17,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.context import GatewayContext
-from gateway.errors import conflict
+from gateway.errors import conflict, invalid, problem
 
 T = TypeVar("T")
 MAX_OFFSET = 2**31 - 1  # SQLite integers overflow far above; nobody pages that far
@@ -81,3 +82,22 @@ def commit(session: Session) -> None:
     except IntegrityError as exc:
         session.rollback()
         raise conflict("the change conflicts with a concurrent change; retry") from exc
+
+
+_CST = timezone(timedelta(hours=8), "Asia/Shanghai")  # where day/week/month counts are cut
+
+
+def query_time(name: str, value: datetime | None) -> datetime | None:
+    """A time filter from the query string, in UTC: it must carry an offset, and be in range in
+    UTC and in China Standard Time (the alert counts bucket by CST days); 422 otherwise."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise invalid(
+            [problem(name, "needs a UTC offset, e.g. 2025-01-01T00:00:00+08:00", location="query")]
+        )
+    try:
+        value.astimezone(_CST)
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise invalid([problem(name, "out of range", location="query")]) from None

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from alerting.engine import EngineUnavailable
 from alerting.lifecycle import AlertNotFound, LifecycleError
 from gateway import audit
-from gateway.api import CtxDep, PageDep, SessionDep, commit, paginate
+from gateway.api import CtxDep, PageDep, SessionDep, commit, paginate, query_time
 from gateway.errors import ApiError, error_responses, invalid, not_found, problem
 from gateway.registry.models import AlertRow, AlertTransitionRow, Site, Tenant
 from gateway.schemas import (
@@ -219,21 +219,6 @@ def scope_alerts(stmt: Select[Any], principal: Principal) -> Select[Any]:
     return stmt if clause is None else stmt.where(clause)
 
 
-def _aware(name: str, value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise invalid(
-            [problem(name, "needs a UTC offset, e.g. 2025-01-01T00:00:00+08:00", location="query")]
-        )
-    try:
-        value.astimezone(UTC)
-        value.astimezone(CST)
-    except OverflowError:
-        raise invalid([problem(name, "out of range", location="query")]) from None
-    return value
-
-
 def _filters(
     stmt: Select[Any],
     *,
@@ -304,7 +289,7 @@ def list_alerts(
         datetime | None, Query(description="started_at < until (with an offset)")
     ] = None,
 ) -> Any:
-    since, until = _aware("since", since), _aware("until", until)
+    since, until = query_time("since", since), query_time("until", until)
     stmt = scope_alerts(select(AlertRow), principal)
     stmt = _filters(stmt, min_severity=min_severity, region=region, tenant=tenant, site=site)
     if state:
@@ -369,7 +354,7 @@ def alert_counts(
     tenant: Tenant_ = None,
     site: Annotated[str | None, Query(pattern=IDENTIFIER_PATTERN)] = None,
 ) -> Any:
-    since, until = _aware("since", since), _aware("until", until)
+    since, until = query_time("since", since), query_time("until", until)
     end = (until or datetime.now(UTC)).astimezone(CST)
     try:
         if since is None:
@@ -436,7 +421,7 @@ def high_risk(
     region: Region = None,
     min_severity: SeverityName | None = None,
 ) -> Any:
-    since, until = _aware("since", since), _aware("until", until)
+    since, until = query_time("since", since), query_time("until", until)
     end = until or datetime.now(UTC)
     try:
         start = since or end - timedelta(days=30)

@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 
 from alerting.domain.records import default_record_rules
 from gateway import audit
-from gateway.api import CtxDep, PageDep, SessionDep, paginate
+from gateway.api import CtxDep, PageDep, SessionDep, paginate, query_time
 from gateway.context import GatewayContext
 from gateway.errors import (
     ApiError,
@@ -439,19 +439,6 @@ def ingest_records(
 # ---- reading -------------------------------------------------------------------------------------
 
 
-def _aware(name: str, value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise invalid(
-            [problem(name, "needs a UTC offset, e.g. 2025-01-01T00:00:00+08:00", location="query")]
-        )
-    try:
-        return value.astimezone(UTC)
-    except (OverflowError, ValueError):
-        raise invalid([problem(name, "out of range", location="query")]) from None
-
-
 @router.get(
     "/records",
     response_model=Page[RecordOut],
@@ -474,7 +461,7 @@ def list_records(
     since: Annotated[datetime | None, Query(description="at ≥ since (with an offset)")] = None,
     until: Annotated[datetime | None, Query(description="at < until (with an offset)")] = None,
 ) -> Any:
-    since, until = _aware("since", since), _aware("until", until)
+    since, until = query_time("since", since), query_time("until", until)
     stmt = select(RecordEventRow).join(Site, Site.id == RecordEventRow.site_id)
     clause = site_clause(principal)
     if clause is not None:

@@ -16,10 +16,10 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from protocols.catalog import DATA_DIR, Catalog, CatalogError, default_catalog
+from protocols.datafile import load_yaml_model
 
 DEFAULT_PATH = DATA_DIR / "hj212_codes.yaml"
 _CODE = re.compile(r"[A-Za-z0-9]{1,16}")  # as the segment parser accepts them
@@ -98,17 +98,7 @@ def _default_code_map() -> CodeMap:
 
 
 def _load(path: Path, catalog: Catalog) -> CodeMap:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise CodeMapError(f"{path}: cannot read: {exc}") from exc
-    try:
-        parsed = _File.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise CodeMapError(f"{path}: {problems}") from exc
+    parsed = load_yaml_model(path, _File, CodeMapError)
     out: dict[str, CodeMapping] = {}
     claimed: dict[str, str] = {}
     for code, entry in parsed.codes.items():
